@@ -1,0 +1,117 @@
+// kvgate estimate: memory to serve one request batch of a model.
+#include <iostream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "estimator/serving.h"
+#include "tools/cli_flags.h"
+#include "tools/cli_output.h"
+#include "tools/commands.h"
+#include "tools/model_flags.h"
+
+namespace kvgate {
+
+int RunEstimateCommand(const CommandArgs& args) {
+  ModelFlags model;
+  uint64_t batch = 1;
+  uint64_t prompt_tokens = 1024;
+  uint64_t max_new_tokens = 1024;
+  bool share_prefix = false;
+  FlagSet flags("estimate",
+                "Memory to serve a batch of sequences of a model: weights, KV "
+                "cache and the activation peak of its prefill, per GPU.");
+  model.Register(flags);
+  flags.AddUint64("batch", &batch, "sequences in the batch");
+  flags.AddUint64("prompt-tokens", &prompt_tokens, "prompt tokens per sequence");
+  flags.AddUint64("max-new-tokens", &max_new_tokens,
+                  "tokens generated per sequence at most");
+  flags.AddBool("share-prompt-prefix", &share_prefix,
+                "the sequences are samples of one prompt and share its KV");
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    return FailUsage("estimate", s);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  for (auto [name, value, min] :
+       {std::tuple<const char*, uint64_t, uint64_t>{"batch", batch, 1},
+        {"prompt-tokens", prompt_tokens, 1},
+        {"max-new-tokens", max_new_tokens, 0}}) {
+    if (absl::Status s = CheckRange(name, value, min, 1ull << 32); !s.ok()) {
+      return FailUsage("estimate", s);
+    }
+  }
+  absl::StatusOr<ModelSpec> spec = model.LoadSpec();
+  if (!spec.ok()) return FailUsage("estimate", spec.status());
+  absl::StatusOr<ServingOptions> options = model.ToServingOptions();
+  if (!options.ok()) return FailUsage("estimate", options.status());
+  options->share_prompt_prefix = share_prefix;
+  // The CLI reports the memory of any length asked; the context limit is
+  // enforced by the server.
+  options->max_model_len = UINT64_MAX;
+  absl::StatusOr<ServingModel> serving =
+      ServingModel::Create(*std::move(spec), *options);
+  if (!serving.ok()) return FailUsage("estimate", serving.status());
+
+  const std::vector<SequenceShape> sequences(
+      batch, SequenceShape{prompt_tokens, max_new_tokens});
+  BatchEstimate e;
+  if (absl::Status s = serving->EstimateBatch(sequences, &e); !s.ok()) {
+    return FailUsage("estimate", s);
+  }
+  uint64_t total = 0;
+  if (__builtin_add_overflow(serving->weights_bytes(), e.total_bytes,
+                             &total)) {
+    return FailUsage("estimate", absl::InvalidArgumentError(
+                                     "the total overflows 64-bit arithmetic"));
+  }
+  const ParameterCounts& p = serving->parameters();
+  const ModelSpec& m = serving->spec();
+  if (model.json) {
+    nlohmann::ordered_json j;
+    j["model_type"] = m.model_type;
+    j["parameters"] = p.total;
+    j["active_parameters"] = p.active;
+    j["dtype"] = std::string(DTypeName(serving->quantization().dtype));
+    j["quantization"] = serving->quantization().method;
+    j["kv_cache_dtype"] = std::string(DTypeName(serving->kv_cache().dtype()));
+    j["tensor_parallel"] = options->tensor_parallel;
+    j["batch"] = batch;
+    j["prompt_tokens"] = prompt_tokens;
+    j["max_new_tokens"] = max_new_tokens;
+    j["weights_bytes"] = serving->weights_bytes();
+    j["kv_cache_bytes_per_token"] = serving->kv_cache_bytes_per_token();
+    j["kv_cache_tokens"] = e.kv_cache_tokens;
+    j["kv_cache_bytes"] = e.kv_cache_bytes;
+    j["activation_bytes"] = e.activation_bytes;
+    j["total_bytes"] = total;
+    j["notes"] = m.notes;
+    PrintJson(j);
+    return kExitOk;
+  }
+  TableRows rows = {
+      {"model_type", m.model_type},
+      {"parameters", absl::StrCat(FormatCount(p.total), " (", p.total, ")")},
+      {"active parameters",
+       absl::StrCat(FormatCount(p.active), " (", p.active, ")")},
+      {"weights dtype", std::string(DTypeName(serving->quantization().dtype))},
+      {"KV cache dtype", std::string(DTypeName(serving->kv_cache().dtype()))},
+      {"weights / GPU", FormatBytes(serving->weights_bytes())},
+      {"KV cache / token", FormatBytes(serving->kv_cache_bytes_per_token())},
+      {"KV cache", absl::StrCat(FormatBytes(e.kv_cache_bytes), " for ",
+                                e.kv_cache_tokens, " tokens")},
+      {"activations", FormatBytes(e.activation_bytes)},
+      {"total / GPU", FormatBytes(total)},
+  };
+  PrintTable(absl::StrCat("kvgate estimate: batch ", batch, " x (", prompt_tokens,
+                          " prompt + ", max_new_tokens, " new) tokens, TP ",
+                          options->tensor_parallel),
+             rows);
+  for (const std::string& note : m.notes) std::cout << "  note: " << note << "\n";
+  return kExitOk;
+}
+
+}  // namespace kvgate

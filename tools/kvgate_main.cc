@@ -1,0 +1,56 @@
+// kvgate: memory estimates and GPU plans for Hugging Face models, and a
+// client for the kvgated admission sidecar.
+#include <array>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "tools/commands.h"
+#include "tools/cli_output.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(const kvgate::CommandArgs&);
+  const char* summary;
+};
+
+constexpr std::array<Command, 3> kCommands = {{
+    {"estimate", kvgate::RunEstimateCommand,
+     "memory to serve a model: weights, KV cache, activations"},
+    {"plan", kvgate::RunPlanCommand,
+     "size the KV cache and concurrency of a model on a GPU"},
+    {"train", kvgate::RunTrainCommand,
+     "memory per GPU to train or fine-tune a model, and GPUs needed"},
+}};
+
+void PrintUsage(std::ostream& out) {
+  out << "usage: kvgate <command> [flags]   (kvgate <command> --help)\n\n"
+         "commands:\n";
+  for (const Command& c : kCommands) {
+    out << "  " << c.name << std::string(10 - std::string(c.name).size(), ' ')
+        << c.summary << "\n";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(std::cerr);
+    return kvgate::kExitUsage;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    PrintUsage(std::cout);
+    return kvgate::kExitOk;
+  }
+  const kvgate::CommandArgs args(argv + 2, argv + argc);
+  for (const Command& c : kCommands) {
+    if (name == c.name) return c.run(args);
+  }
+  std::cerr << "kvgate: error: unknown command '" << name
+            << "' (try kvgate --help)" << std::endl;
+  return kvgate::kExitUsage;
+}
