@@ -17,6 +17,7 @@ BUILD_PACKAGES=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev
+  prometheus
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
