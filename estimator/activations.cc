@@ -1,10 +1,50 @@
 #include "estimator/activations.h"
 
 #include <algorithm>
+#include <array>
 #include <limits>
+
+#include "absl/strings/string_view.h"
 
 namespace kvgate {
 namespace {
+
+// Copies of the hidden state a PyTorch decoder forward keeps alive while a
+// layer's MLP runs: the embedding output (held by the model's forward), the
+// layer's input (held by the caller's loop variable), the residual sum after
+// attention, and the normalised MLP input. Measured: Llama-3-8B and
+// Qwen2.5-7B peaks are 3 x intermediate + 4 x hidden (+ rotary tables) per
+// token to within 0.2% (docs/calibration/prefill.md).
+constexpr uint64_t kResidentHiddenCopies = 4;
+
+// Bytes per element of an eager score matrix: PyTorch's math attention
+// upcasts bf16 to fp32, so fp32 scores and fp32 probabilities are alive
+// together (8 B), plus about one byte of masking temporaries. Fitted on
+// falcon-7b prefill peaks (1x512 to 1x8192): 8.96 B.
+constexpr uint64_t kEagerScoreBytes = 9;
+
+// Extra intermediates of the MLP width alive while the activation runs, for
+// activations Hugging Face writes as chains of elementwise ops (each op a
+// new tensor): NewGELU/FastGELU hold 0.5*x and one chain temporary beside
+// x and the result; QuickGELU holds the scaled input. Fused activations
+// (silu, gelu, gelu_pytorch_tanh, relu) hold none.
+struct ActivationTemporaries {
+  absl::string_view name;
+  uint64_t extra_intermediates;
+};
+constexpr std::array<ActivationTemporaries, 4> kActivationTemporaries = {{
+    {"gelu_new", 2},
+    {"gelu_fast", 2},
+    {"gelu_accurate", 2},
+    {"quick_gelu", 1},
+}};
+
+uint64_t ExtraActivationIntermediates(absl::string_view hidden_act) {
+  for (const ActivationTemporaries& row : kActivationTemporaries) {
+    if (row.name == hidden_act) return row.extra_intermediates;
+  }
+  return 0;
+}
 
 uint64_t SaturatingMul(uint64_t a, uint64_t b) {
   if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a) {
@@ -29,48 +69,75 @@ ActivationModel::ActivationModel(const ModelSpec& s,
   const uint64_t h = s.hidden_size;
   heads_per_gpu_ = std::max<uint64_t>(1, s.num_attention_heads / tp);
 
-  // Attention: q, k, v and the attention output of one token on one GPU.
-  uint64_t attn = 0;
-  if (s.attention_kind == AttentionKind::kMultiLatent) {
-    attn = heads_per_gpu_ * (2 * (s.qk_nope_head_dim + s.qk_rope_head_dim) +
-                             2 * s.v_head_dim);
-  } else {
-    const uint64_t kv = std::max<uint64_t>(1, s.num_kv_heads / tp);
-    attn = (2 * heads_per_gpu_ + 2 * kv) * s.head_dim;
+  // Hidden-state copies (replicated on every GPU under TP). A learned
+  // position table adds its lookup, which the model's forward keeps.
+  const uint64_t copies =
+      kResidentHiddenCopies + (s.learned_position_embeddings > 0 ? 1 : 0);
+  // Rotary cos and sin tables, one row per position (counted per token: an
+  // upper bound for batches, where positions are shared).
+  uint64_t rotary = 0;
+  if (s.learned_position_embeddings == 0) {
+    rotary = 2 * (s.attention_kind == AttentionKind::kMultiLatent
+                      ? s.qk_rope_head_dim
+                      : s.head_dim);
   }
-  // MLP: a gated MLP holds the activated gate, the up projection and their
-  // product at once (3 x width); a plain MLP its input and activation
-  // (2 x width). MoE tokens visit experts_per_token experts.
-  const uint64_t mlp_factor = s.mlp_kind == MlpKind::kGated ? 3 : 2;
+
+  // Attention widths of one token on one GPU: q, k, v.
+  uint64_t q = 0;
+  uint64_t kv = 0;
+  if (s.attention_kind == AttentionKind::kMultiLatent) {
+    q = heads_per_gpu_ * (s.qk_nope_head_dim + s.qk_rope_head_dim);
+    // Decompressed keys (nope + rope) and values differ in width: average.
+    kv = heads_per_gpu_ *
+         (s.qk_nope_head_dim + s.qk_rope_head_dim + s.v_head_dim) / 2;
+  } else {
+    q = heads_per_gpu_ * s.head_dim;
+    kv = std::max<uint64_t>(1, s.num_kv_heads / tp) * s.head_dim;
+  }
+  // Projections, rotated q and k, and the attention output; eager attention
+  // adds fp32 copies (2 units each) of q and of the keys broadcast to every
+  // query head.
+  uint64_t attn = 3 * (q + kv);
+  if (options.attention == AttentionImpl::kEager) attn += 4 * q;
+
+  // MLP intermediates: gated holds act(gate), up and their product (3);
+  // plain the up projection and its activation (2); chained activations
+  // more. MoE tokens visit experts_per_token experts plus shared experts.
+  const uint64_t extra = ExtraActivationIntermediates(s.hidden_act);
+  const uint64_t live = s.mlp_kind == MlpKind::kGated
+                            ? std::max<uint64_t>(3, 2 + extra)
+                            : 2 + extra;
   uint64_t mlp = 0;
   if (s.num_moe_layers > 0) {
-    mlp = mlp_factor * (s.experts_per_token * s.moe_intermediate_size +
-                        s.shared_expert_intermediate_size) /
+    mlp = live *
+          (s.experts_per_token * s.moe_intermediate_size +
+           s.shared_expert_intermediate_size) /
           tp;
   }
   if (s.num_moe_layers < s.num_layers) {
-    mlp = std::max(mlp, mlp_factor * s.intermediate_size / tp);
+    mlp = std::max(mlp, live * s.intermediate_size / tp);
   }
-  // Residual stream, normed input, and the sublayer's output alongside the
-  // larger of the two sublayers' intermediates.
-  layer_bytes_per_token_ = (4 * h + std::max(attn, mlp)) * act;
-  head_bytes_per_token_ = 2 * h * act;
+
+  mlp_bytes_per_token_ = (copies * h + mlp + rotary) * act;
+  attn_bytes_per_token_ = ((copies - 1) * h + attn + rotary) * act;
+  head_bytes_per_token_ = h * act;
   logits_bytes_per_token_ =
       s.vocab_size / tp * std::max<uint32_t>(1, options.logits_bytes);
-  score_bytes_ = act + 4;  // scores in the compute dtype plus fp32 softmax
+  score_bytes_ = kEagerScoreBytes;
 }
 
 uint64_t ActivationModel::StepPeakBytes(uint64_t step_tokens,
                                         uint64_t logits_tokens,
                                         uint64_t score_elements) const {
-  uint64_t layer = SaturatingMul(step_tokens, layer_bytes_per_token_);
+  const uint64_t mlp = SaturatingMul(step_tokens, mlp_bytes_per_token_);
+  uint64_t attn = SaturatingMul(step_tokens, attn_bytes_per_token_);
   if (options_.attention == AttentionImpl::kEager) {
-    layer = SaturatingAdd(layer, SaturatingMul(score_elements, score_bytes_));
+    attn = SaturatingAdd(attn, SaturatingMul(score_elements, score_bytes_));
   }
   const uint64_t head =
       SaturatingAdd(SaturatingMul(step_tokens, head_bytes_per_token_),
                     SaturatingMul(logits_tokens, logits_bytes_per_token_));
-  return std::max(layer, head);
+  return std::max({mlp, attn, head});
 }
 
 }  // namespace kvgate

@@ -1,12 +1,28 @@
 // Transient activation memory of one forward pass (a prefill step).
 //
-// The peak of a prefill is the larger of two moments: inside a decoder layer
-// (residual stream, attention inputs and outputs, the MLP's intermediate
-// tensors, and for eager attention the batch x heads x seq^2 score matrix),
-// and at the head (final hidden states and the logits of the positions that
-// need them, in the logits dtype). Weights and the KV cache are not part of
-// it. One engine step runs at a time, so a server reserves the largest peak
-// among active requests, not the sum.
+// The peak of a prefill is the largest of three moments, each a sum of
+// tensors alive together (weights and the KV cache are not part of it):
+//
+//  - MLP: the hidden-state copies a PyTorch forward keeps alive through a
+//    decoder layer (the embedding output, the layer's input, the residual sum
+//    and the normalised input; GPT-2 also keeps its position embeddings),
+//    plus the MLP's intermediates (gated: act(gate), up and their product;
+//    plain: the up projection and its activation; an activation written as
+//    a chain of elementwise ops, such as GPT-2's tanh GELU "gelu_new", holds
+//    two more), plus the rotary cos/sin tables.
+//  - Attention: the hidden-state copies (one fewer: the residual is the
+//    layer's input here), q/k/v, the rotated q/k and the attention output;
+//    for eager attention also fp32 copies of q and of the keys broadcast to
+//    every query head, and the score matrix at 9 bytes per element (fp32
+//    scores and fp32 probabilities alive together, plus about one byte of
+//    masking temporaries).
+//  - Head: the final hidden states and the logits of the positions that need
+//    them, in the logits dtype.
+//
+// Calibrated against H100 prefill peaks of Hugging Face transformers models
+// (docs/calibration/prefill.md): within 6% on every measured row. One engine
+// step runs at a time, so a server reserves the largest peak among active
+// requests, not the sum.
 #ifndef KVGATE_ESTIMATOR_ACTIVATIONS_H_
 #define KVGATE_ESTIMATOR_ACTIVATIONS_H_
 
@@ -49,10 +65,11 @@ class ActivationModel {
 
  private:
   ActivationOptions options_;
-  uint64_t layer_bytes_per_token_ = 0;  // decoder-layer peak per token
-  uint64_t head_bytes_per_token_ = 0;   // final hidden state per token
+  uint64_t mlp_bytes_per_token_ = 0;   // the MLP moment, per token
+  uint64_t attn_bytes_per_token_ = 0;  // the attention moment, per token
+  uint64_t head_bytes_per_token_ = 0;  // final hidden state per token
   uint64_t logits_bytes_per_token_ = 0;
-  uint64_t score_bytes_ = 0;  // bytes per score element
+  uint64_t score_bytes_ = 0;  // bytes per eager score element
   uint64_t heads_per_gpu_ = 0;
 };
 

@@ -30,8 +30,8 @@ enum class SlidingPattern {
 // How a family lays out mixture-of-experts layers.
 enum class MoeStyle {
   kNone,
-  kMixtral,   // num_local_experts; every layer; experts of intermediate_size
-  kQwenMoe,   // num_experts; decoder_sparse_step, mlp_only_layers; shared expert
+  kMixtral,  // num_local_experts; every layer; experts of intermediate_size
+  kQwenMoe,  // num_experts; decoder_sparse_step, mlp_only_layers; shared expert
   kDeepSeek,  // n_routed_experts; first_k_dense_replace, moe_layer_freq
 };
 
@@ -56,7 +56,8 @@ struct Family {
 // Sources: the Hugging Face transformers modeling files of each family
 // (modeling_<family>.py), which define the modules counted here.
 constexpr std::array<Family, 18> kFamilies = {{
-    // type         norm  n  mlp  naming  tie   qkvb   ob     mlpb  qkn  pos  mla  sliding moe
+    // type         norm  n  mlp  naming  tie   qkvb   ob     mlpb  qkn  pos mla
+    // sliding moe
     {"llama", NormKind::kRmsNorm, 2, MlpKind::kGated,
      ProjectionNaming::kSeparate, false, false, false, false, false, false,
      false, SlidingPattern::kAllWhenSet, MoeStyle::kNone},
@@ -85,11 +86,11 @@ constexpr std::array<Family, 18> kFamilies = {{
      ProjectionNaming::kSeparate, true, false, false, false, false, false,
      false, SlidingPattern::kAlternating, MoeStyle::kNone},
     {"gemma3_text", NormKind::kRmsNorm, 4, MlpKind::kGated,
-     ProjectionNaming::kSeparate, true, false, false, false, true, false,
-     false, SlidingPattern::kEveryNth, MoeStyle::kNone},
+     ProjectionNaming::kSeparate, true, false, false, false, true, false, false,
+     SlidingPattern::kEveryNth, MoeStyle::kNone},
     {"gemma3", NormKind::kRmsNorm, 4, MlpKind::kGated,
-     ProjectionNaming::kSeparate, true, false, false, false, true, false,
-     false, SlidingPattern::kEveryNth, MoeStyle::kNone},
+     ProjectionNaming::kSeparate, true, false, false, false, true, false, false,
+     SlidingPattern::kEveryNth, MoeStyle::kNone},
     {"phi3", NormKind::kRmsNorm, 2, MlpKind::kGated,
      ProjectionNaming::kFusedPhi3, false, false, false, false, false, false,
      false, SlidingPattern::kAllWhenSet, MoeStyle::kNone},
@@ -166,11 +167,10 @@ class Fields {
     absl::StatusOr<std::optional<uint64_t>> v = Uint(names);
     if (!v.ok()) return v.status();
     if (!v->has_value() || **v == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("config.json: missing required field '",
-                       *names.begin(), "' (a positive integer",
-                       names.size() > 1 ? "; also accepted: " : "",
-                       names.size() > 1 ? Others(names) : "", ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: missing required field '", *names.begin(),
+          "' (a positive integer", names.size() > 1 ? "; also accepted: " : "",
+          names.size() > 1 ? Others(names) : "", ")"));
     }
     return **v;
   }
@@ -326,9 +326,9 @@ absl::Status ReadMoe(const Fields& f, const Family& family, ModelSpec& spec) {
   }
   if (!error.ok()) return error;
   if (spec.num_experts > 0) {
-    spec.experts_per_token = f.UintOr({"num_experts_per_tok", "top_k",
-                                       "moe_topk", "num_experts_per_token"},
-                                      0, &error);
+    spec.experts_per_token = f.UintOr(
+        {"num_experts_per_tok", "top_k", "moe_topk", "num_experts_per_token"},
+        0, &error);
     if (!error.ok()) return error;
     if (spec.experts_per_token == 0 ||
         spec.experts_per_token > spec.num_experts) {
@@ -385,8 +385,8 @@ void ReadQuantization(const Fields& f, ModelSpec& spec) {
   Quantization out;
   if (method == "gptq" || method == "awq") {
     const uint64_t bits = q.UintOr({"bits", "w_bit"}, 4, &ignored);
-    const uint64_t group = q.UintOr({"group_size", "q_group_size"}, 128,
-                                    &ignored);
+    const uint64_t group =
+        q.UintOr({"group_size", "q_group_size"}, 128, &ignored);
     out.dtype = bits <= 4 ? DType::kInt4 : DType::kInt8;
     out.group_size = static_cast<uint32_t>(group);
     out.scale_bits = 16;
@@ -466,12 +466,11 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   absl::StatusOr<uint64_t> hidden =
       f.RequiredUint({"hidden_size", "n_embd", "d_model", "dim"});
   if (!hidden.ok()) return hidden.status();
-  absl::StatusOr<uint64_t> layers =
-      f.RequiredUint({"num_hidden_layers", "n_layer", "num_layers",
-                      "n_layers"});
+  absl::StatusOr<uint64_t> layers = f.RequiredUint(
+      {"num_hidden_layers", "n_layer", "num_layers", "n_layers"});
   if (!layers.ok()) return layers.status();
-  absl::StatusOr<uint64_t> heads = f.RequiredUint(
-      {"num_attention_heads", "n_head", "num_heads", "n_heads"});
+  absl::StatusOr<uint64_t> heads =
+      f.RequiredUint({"num_attention_heads", "n_head", "num_heads", "n_heads"});
   if (!heads.ok()) return heads.status();
   absl::StatusOr<uint64_t> vocab = f.RequiredUint({"vocab_size"});
   if (!vocab.ok()) return vocab.status();
@@ -493,19 +492,18 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
     spec.num_kv_heads =
         f.Bool("multi_query", true) ? 1 : spec.num_attention_heads;
   } else {
-    spec.num_kv_heads =
-        f.UintOr({"num_key_value_heads", "num_kv_heads", "n_head_kv",
-                  "multi_query_group_num"},
-                 spec.num_attention_heads, &error);
+    spec.num_kv_heads = f.UintOr({"num_key_value_heads", "num_kv_heads",
+                                  "n_head_kv", "multi_query_group_num"},
+                                 spec.num_attention_heads, &error);
   }
   spec.head_dim = f.UintOr({"head_dim", "attention_head_dim"}, 0, &error);
   if (!error.ok()) return error;
   if (spec.head_dim == 0) {
     if (spec.hidden_size % spec.num_attention_heads != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config.json: hidden_size ", spec.hidden_size,
-          " is not divisible by num_attention_heads ", spec.num_attention_heads,
-          " and no head_dim is given"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("config.json: hidden_size ", spec.hidden_size,
+                       " is not divisible by num_attention_heads ",
+                       spec.num_attention_heads, " and no head_dim is given"));
     }
     spec.head_dim = spec.hidden_size / spec.num_attention_heads;
   }
@@ -535,9 +533,9 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
 
   // Feed-forward width: GPT-2's n_inner and Falcon's default are 4 x hidden.
   spec.mlp_kind = family.mlp;
-  spec.intermediate_size = f.UintOr(
-      {"intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"}, 0,
-      &error);
+  spec.intermediate_size =
+      f.UintOr({"intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"},
+               0, &error);
   if (!error.ok()) return error;
   if (spec.intermediate_size == 0) {
     if (family.mlp == MlpKind::kPlain) {
@@ -547,6 +545,12 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
           "config.json: missing required field 'intermediate_size' (a "
           "positive integer; also accepted: n_inner, ffn_hidden_size)");
     }
+  }
+
+  spec.hidden_act = f.String("hidden_act");
+  if (spec.hidden_act.empty()) spec.hidden_act = f.String("hidden_activation");
+  if (spec.hidden_act.empty()) {
+    spec.hidden_act = f.String("activation_function");
   }
 
   spec.norm_kind = family.norm;
@@ -563,8 +567,8 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   }
   spec.naming = family.naming;
   spec.tie_word_embeddings =
-      f.Bool("tie_word_embeddings", top.Bool("tie_word_embeddings",
-                                             family.default_tie));
+      f.Bool("tie_word_embeddings",
+             top.Bool("tie_word_embeddings", family.default_tie));
   if (family.learned_positions) {
     spec.learned_position_embeddings = spec.max_position_embeddings;
   }
@@ -656,9 +660,9 @@ absl::StatusOr<ModelSpec> LoadPreset(absl::string_view name) {
   for (const PresetConfig& preset : BuiltinPresets()) {
     if (preset.name == name) return ParseModelConfig(preset.config_json);
   }
-  return absl::NotFoundError(absl::StrCat("unknown preset '", name,
-                                          "'; presets: ",
-                                          absl::StrJoin(PresetNames(), ", ")));
+  return absl::NotFoundError(
+      absl::StrCat("unknown preset '", name,
+                   "'; presets: ", absl::StrJoin(PresetNames(), ", ")));
 }
 
 std::vector<std::string> PresetNames() {

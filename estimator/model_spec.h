@@ -42,11 +42,11 @@ enum class MlpKind {
 
 // How a family fuses or names its projections, for LoRA targets and display.
 enum class ProjectionNaming {
-  kSeparate,     // q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
-  kFusedPhi3,    // qkv_proj o_proj gate_up_proj down_proj
-  kFalcon,       // query_key_value dense dense_h_to_4h dense_4h_to_h
-  kGpt2,         // c_attn c_proj c_fc c_proj
-  kNeox,         // query_key_value dense dense_h_to_4h dense_4h_to_h
+  kSeparate,   // q_proj k_proj v_proj o_proj gate_proj up_proj down_proj
+  kFusedPhi3,  // qkv_proj o_proj gate_up_proj down_proj
+  kFalcon,     // query_key_value dense dense_h_to_4h dense_4h_to_h
+  kGpt2,       // c_attn c_proj c_fc c_proj
+  kNeox,       // query_key_value dense dense_h_to_4h dense_4h_to_h
 };
 
 struct ModelSpec {
@@ -80,6 +80,10 @@ struct ModelSpec {
   MlpKind mlp_kind = MlpKind::kGated;
   uint64_t intermediate_size = 0;  // dense layers
   bool mlp_bias = false;
+  // MLP activation as the config names it (hidden_act, hidden_activation or
+  // activation_function: "silu", "gelu_new", ...); empty when not given.
+  // It shapes activation memory, not parameters.
+  std::string hidden_act;
 
   // Mixture of experts (num_experts == 0: dense model).
   uint64_t num_experts = 0;
