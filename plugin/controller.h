@@ -194,7 +194,15 @@ class Controller {
   // On OK, `done` runs exactly once: possibly before Admit returns (on the
   // caller's thread), or later on the thread of a call that frees bytes or
   // ends the wait. A retry with the request_id of a live lease is answered
-  // ADMITTED with that same lease (nothing reserved twice).
+  // ADMITTED with that same lease (nothing reserved twice), even while
+  // draining or under memory pressure; once that lease's TTL has passed the
+  // retry is a new request.
+  // Decisions, in order: NEVER_FITS when kv + activation exceeds the capacity
+  // or max_queue_bytes (it could never wait in the queue); DRAINING;
+  // MEMORY_PRESSURE; ADMITTED when it fits and no queued request of its
+  // priority or above would be overtaken (or as a backfill, see above);
+  // QUEUE_TIMEOUT when its deadline has already passed; QUEUE_FULL (after
+  // shedding SHEDDABLE entries if that makes room); otherwise queued.
   // Returns a handle for Cancel, or 0 when the ticket is already answered.
   absl::StatusOr<uint64_t> Admit(AdmitTicket ticket, AdmitCallback done);
 

@@ -309,6 +309,20 @@ TEST_F(ControllerTest, RetryAfterReleaseGetsNewLease) {
   EXPECT_EQ(Reserved(), 30u);
 }
 
+TEST_F(ControllerTest, RetryOfLeasePastTtlGetsNewLease) {
+  Controller::Options options = Defaults();
+  options.lease_ttl = absl::Seconds(10);
+  Make(options);
+  Admit("r", 30);
+  const std::string lease = Answer("r").lease_id;
+  clock_.Advance(absl::Seconds(10));  // past the TTL, no Tick yet
+  Admit("r", 30);
+  EXPECT_TRUE(Answer("r").admitted);
+  EXPECT_NE(Answer("r").lease_id, lease);
+  EXPECT_EQ(Reserved(), 30u);
+  EXPECT_THAT(listener_.expired, ElementsAre(30u));
+}
+
 TEST_F(ControllerTest, SameRequestIdWhileQueuedIsAlreadyExists) {
   Make();
   Admit("hold", 100);
@@ -731,6 +745,20 @@ TEST_F(ControllerTest, ReleaseIsIdempotent) {
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(*second, 0u);
   EXPECT_EQ(Reserved(), 0u);
+}
+
+TEST_F(ControllerTest, ReleasePastTtlBeforeTickFreesTheBytes) {
+  Controller::Options options = Defaults();
+  options.lease_ttl = absl::Seconds(1);
+  Make(options);
+  Admit("r", 40);
+  clock_.Advance(absl::Seconds(2));
+  absl::StatusOr<uint64_t> released =
+      controller_->Release(Answer("r").lease_id);
+  ASSERT_TRUE(released.ok());
+  EXPECT_EQ(*released, 40u);
+  controller_->Tick();
+  EXPECT_TRUE(listener_.expired.empty());
 }
 
 TEST_F(ControllerTest, ReleaseAfterExpiryReturnsZero) {
