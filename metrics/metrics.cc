@@ -1,0 +1,310 @@
+#include "metrics/metrics.h"
+
+#include <utility>
+
+#include "absl/strings/string_view.h"
+#include "prometheus/metric_family.h"
+
+namespace kvgate {
+namespace {
+
+// Every rejection reason the controller can give, in enum order after kNone,
+// so that static_cast<size_t>(reason) indexes the decision rows below.
+constexpr std::array<RejectReason, 7> kRejectReasons = {
+    RejectReason::kQueueTimeout, RejectReason::kQueueFull,
+    RejectReason::kNeverFits,    RejectReason::kMemoryPressure,
+    RejectReason::kShed,         RejectReason::kDraining,
+    RejectReason::kCancelled,
+};
+// Row 0 is ADMITTED/NONE, row i > 0 is REJECTED/kRejectReasons[i - 1].
+constexpr size_t kDecisionRows = kRejectReasons.size() + 1;
+
+constexpr std::array<Priority, kNumPriorities> kPriorities = {
+    Priority::kCritical, Priority::kStandard, Priority::kSheddable};
+
+std::string Label(absl::string_view value) { return std::string(value); }
+
+double Bytes(uint64_t bytes) { return static_cast<double>(bytes); }
+
+}  // namespace
+
+const std::vector<absl::Duration>& DurationBuckets() {
+  static const auto* const kBuckets = new std::vector<absl::Duration>{
+      absl::Microseconds(50),   absl::Microseconds(100),
+      absl::Microseconds(250),  absl::Microseconds(500),
+      absl::Milliseconds(1),    absl::Microseconds(2500),
+      absl::Milliseconds(5),    absl::Milliseconds(10),
+      absl::Milliseconds(25),   absl::Milliseconds(50),
+      absl::Milliseconds(100),  absl::Milliseconds(250),
+      absl::Milliseconds(500),  absl::Seconds(1),
+      absl::Milliseconds(2500), absl::Seconds(5),
+      absl::Seconds(10),        absl::Seconds(30),
+  };
+  return *kBuckets;
+}
+
+// A prometheus::Registry that also renders kvgate's lock-free histograms.
+// Registry::Collect is virtual, so the exposer and any serializer that
+// collects through the base pointer see them.
+class KvgateMetrics::Registry : public prometheus::Registry {
+ public:
+  DurationHistogramFamily& AddHistogramFamily(std::string name,
+                                              std::string help) {
+    histograms_.push_back(std::make_unique<DurationHistogramFamily>(
+        std::move(name), std::move(help), DurationBuckets()));
+    return *histograms_.back();
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<prometheus::MetricFamily> families =
+        prometheus::Registry::Collect();
+    for (const auto& family : histograms_) {
+      families.push_back(family->Collect());
+    }
+    return families;
+  }
+
+ private:
+  // Filled during KvgateMetrics' construction only, before any Collect.
+  std::vector<std::unique_ptr<DurationHistogramFamily>> histograms_;
+};
+
+// Every series of one model, resolved once. The listener part runs on the
+// admit path and only touches these pointers.
+struct KvgateMetrics::ModelSeries : public ControllerListener {
+  std::array<std::array<prometheus::Counter*, kDecisionRows>, kNumPriorities>
+      decisions{};
+  DurationHistogram* queue_wait = nullptr;
+  prometheus::Counter* lease_expirations = nullptr;
+
+  prometheus::Gauge* capacity = nullptr;
+  prometheus::Gauge* weights = nullptr;
+  prometheus::Gauge* reserved = nullptr;
+  prometheus::Gauge* free = nullptr;
+  prometheus::Gauge* activation_reserve = nullptr;
+  prometheus::Gauge* active_leases = nullptr;
+  std::array<prometheus::Gauge*, kNumPriorities> queued{};
+  prometheus::Gauge* queue_bytes = nullptr;
+  prometheus::Gauge* memory_pressure = nullptr;
+
+  void OnDecision(Priority priority, const AdmitOutcome& outcome) override {
+    const size_t p = static_cast<size_t>(priority);
+    if (p >= kNumPriorities) return;
+    size_t row = 0;
+    if (!outcome.admitted) {
+      row = static_cast<size_t>(outcome.reason);
+      if (row == 0 || row >= kDecisionRows) return;  // not a rejection reason
+    }
+    decisions[p][row]->Increment();
+    // Only requests that waited: one admitted or rejected at arrival did not
+    // pass through the queue.
+    if (outcome.queued_for > absl::ZeroDuration()) {
+      queue_wait->Observe(outcome.queued_for);
+    }
+  }
+
+  void OnLeaseExpired(uint64_t /*bytes*/) override {
+    lease_expirations->Increment();
+  }
+};
+
+struct KvgateMetrics::DeviceSeries {
+  prometheus::Gauge* total = nullptr;
+  prometheus::Gauge* free = nullptr;
+  prometheus::Gauge* used = nullptr;
+};
+
+KvgateMetrics::KvgateMetrics(const Options& options)
+    : registry_(std::make_shared<Registry>()),
+      build_info_(prometheus::BuildGauge()
+                      .Name("kvgate_build_info")
+                      .Help("Always 1; labels name the running kvgate build.")
+                      .Register(*registry_)),
+      decisions_(prometheus::BuildCounter()
+                     .Name("kvgate_admission_decisions_total")
+                     .Help("Final answers to Admit, by decision, reason and "
+                           "priority.")
+                     .Register(*registry_)),
+      lease_expirations_(prometheus::BuildCounter()
+                             .Name("kvgate_lease_expirations_total")
+                             .Help("Leases reclaimed because their TTL passed "
+                                   "without a Release or Renew.")
+                             .Register(*registry_)),
+      capacity_bytes_(prometheus::BuildGauge()
+                          .Name("kvgate_budget_capacity_bytes")
+                          .Help("Bytes the model's controller may reserve for "
+                                "KV cache and activations.")
+                          .Register(*registry_)),
+      weights_bytes_(prometheus::BuildGauge()
+                         .Name("kvgate_budget_weights_bytes")
+                         .Help("Bytes of the model's weights, outside the "
+                               "budget.")
+                         .Register(*registry_)),
+      reserved_bytes_(prometheus::BuildGauge()
+                          .Name("kvgate_budget_reserved_bytes")
+                          .Help("Bytes reserved by live leases (KV plus the "
+                                "activation reserve).")
+                          .Register(*registry_)),
+      free_bytes_(prometheus::BuildGauge()
+                      .Name("kvgate_budget_free_bytes")
+                      .Help("Capacity minus reserved bytes, as the ledger "
+                            "sees it.")
+                      .Register(*registry_)),
+      activation_reserve_bytes_(
+          prometheus::BuildGauge()
+              .Name("kvgate_budget_activation_reserve_bytes")
+              .Help("Bytes reserved for the activation peak of live leases.")
+              .Register(*registry_)),
+      active_leases_(prometheus::BuildGauge()
+                         .Name("kvgate_active_leases")
+                         .Help("Leases currently held.")
+                         .Register(*registry_)),
+      queue_requests_(prometheus::BuildGauge()
+                          .Name("kvgate_queue_requests")
+                          .Help("Requests waiting in the admission queue.")
+                          .Register(*registry_)),
+      queue_bytes_(prometheus::BuildGauge()
+                       .Name("kvgate_queue_bytes")
+                       .Help("Bytes requested by the queued requests.")
+                       .Register(*registry_)),
+      memory_pressure_(prometheus::BuildGauge()
+                           .Name("kvgate_memory_pressure")
+                           .Help("1 while the live memory guard pauses "
+                                 "admissions, else 0.")
+                           .Register(*registry_)),
+      device_total_bytes_(prometheus::BuildGauge()
+                              .Name("kvgate_device_total_bytes")
+                              .Help("Device memory as the driver reports it.")
+                              .Register(*registry_)),
+      device_free_bytes_(prometheus::BuildGauge()
+                             .Name("kvgate_device_free_bytes")
+                             .Help("Device memory no one has allocated.")
+                             .Register(*registry_)),
+      device_used_bytes_(prometheus::BuildGauge()
+                             .Name("kvgate_device_used_bytes")
+                             .Help("Device memory allocated by any process.")
+                             .Register(*registry_)),
+      memory_source_errors_(prometheus::BuildCounter()
+                                .Name("kvgate_memory_source_errors_total")
+                                .Help("Failed reads of the memory source.")
+                                .Register(*registry_)),
+      queue_wait_(registry_->AddHistogramFamily(
+          "kvgate_queue_wait_seconds",
+          "Time requests answered from the queue spent waiting in it.")),
+      admit_duration_(registry_->AddHistogramFamily(
+          "kvgate_admit_duration_seconds",
+          "Time from receiving an Admit call to its answer, queueing "
+          "included.")),
+      admit_duration_all_(admit_duration_.Add({})) {
+  build_info_
+      .Add({{"version", options.version}, {"revision", options.revision}})
+      .Set(1);
+  absl::MutexLock lock(&mu_);
+  for (const char* source : kKnownMemorySources) {
+    source_errors_[source] = &memory_source_errors_.Add({{"source", source}});
+  }
+}
+
+KvgateMetrics::~KvgateMetrics() = default;
+
+std::shared_ptr<prometheus::Registry> KvgateMetrics::registry() const {
+  return registry_;
+}
+
+KvgateMetrics::ModelSeries& KvgateMetrics::SeriesForLocked(
+    const std::string& model) {
+  std::unique_ptr<ModelSeries>& slot = models_[model];
+  if (slot != nullptr) return *slot;
+  slot = std::make_unique<ModelSeries>();
+  ModelSeries& s = *slot;
+  for (Priority priority : kPriorities) {
+    const size_t p = static_cast<size_t>(priority);
+    const std::string priority_name = Label(PriorityName(priority));
+    s.decisions[p][0] = &decisions_.Add({{"model", model},
+                                         {"decision", "ADMITTED"},
+                                         {"reason", "NONE"},
+                                         {"priority", priority_name}});
+    for (RejectReason reason : kRejectReasons) {
+      s.decisions[p][static_cast<size_t>(reason)] =
+          &decisions_.Add({{"model", model},
+                           {"decision", "REJECTED"},
+                           {"reason", Label(RejectReasonName(reason))},
+                           {"priority", priority_name}});
+    }
+    s.queued[p] =
+        &queue_requests_.Add({{"model", model}, {"priority", priority_name}});
+  }
+  const prometheus::Labels by_model = {{"model", model}};
+  s.queue_wait = &queue_wait_.Add(by_model);
+  s.lease_expirations = &lease_expirations_.Add(by_model);
+  s.capacity = &capacity_bytes_.Add(by_model);
+  s.weights = &weights_bytes_.Add(by_model);
+  s.reserved = &reserved_bytes_.Add(by_model);
+  s.free = &free_bytes_.Add(by_model);
+  s.activation_reserve = &activation_reserve_bytes_.Add(by_model);
+  s.active_leases = &active_leases_.Add(by_model);
+  s.queue_bytes = &queue_bytes_.Add(by_model);
+  s.memory_pressure = &memory_pressure_.Add(by_model);
+  return s;
+}
+
+ControllerListener* KvgateMetrics::ListenerFor(const std::string& model) {
+  absl::MutexLock lock(&mu_);
+  return &SeriesForLocked(model);
+}
+
+void KvgateMetrics::ObserveAdmitDuration(absl::Duration d) {
+  admit_duration_all_.Observe(d);
+}
+
+void KvgateMetrics::SetBudget(const std::string& model,
+                              const BudgetSnapshot& snapshot,
+                              uint64_t weights_bytes) {
+  absl::MutexLock lock(&mu_);
+  ModelSeries& s = SeriesForLocked(model);
+  s.capacity->Set(Bytes(snapshot.capacity_bytes));
+  s.weights->Set(Bytes(weights_bytes));
+  s.reserved->Set(Bytes(snapshot.reserved_bytes));
+  s.free->Set(Bytes(snapshot.free_bytes));
+  s.activation_reserve->Set(Bytes(snapshot.activation_reserve_bytes));
+  s.active_leases->Set(snapshot.active_leases);
+  for (size_t p = 0; p < kNumPriorities; ++p) {
+    s.queued[p]->Set(snapshot.queued_by_priority[p]);
+  }
+  s.queue_bytes->Set(Bytes(snapshot.queued_bytes));
+  s.memory_pressure->Set(snapshot.memory_pressure ? 1 : 0);
+}
+
+void KvgateMetrics::SetDevices(const std::vector<DeviceMemory>& devices) {
+  absl::MutexLock lock(&mu_);
+  for (const DeviceMemory& device : devices) {
+    std::unique_ptr<DeviceSeries>& slot = devices_[device.uuid];
+    if (slot == nullptr) {
+      const prometheus::Labels labels = {{"gpu_uuid", device.uuid}};
+      slot = std::make_unique<DeviceSeries>();
+      slot->total = &device_total_bytes_.Add(labels);
+      slot->free = &device_free_bytes_.Add(labels);
+      slot->used = &device_used_bytes_.Add(labels);
+    }
+    slot->total->Set(Bytes(device.total_bytes));
+    slot->free->Set(Bytes(device.free_bytes));
+    slot->used->Set(Bytes(device.used_bytes));
+  }
+}
+
+void KvgateMetrics::IncMemorySourceError(const std::string& source) {
+  absl::MutexLock lock(&mu_);
+  prometheus::Counter*& counter = source_errors_[source];
+  if (counter == nullptr) {
+    counter = &memory_source_errors_.Add({{"source", source}});
+  }
+  counter->Increment();
+}
+
+void KvgateMetrics::SetMemoryPressure(const std::string& model,
+                                      bool under_pressure) {
+  absl::MutexLock lock(&mu_);
+  SeriesForLocked(model).memory_pressure->Set(under_pressure ? 1 : 0);
+}
+
+}  // namespace kvgate
