@@ -14,6 +14,12 @@ using CommandArgs = std::vector<std::string>;
 int RunEstimateCommand(const CommandArgs& args);  // estimate_command.cc
 int RunPlanCommand(const CommandArgs& args);      // plan_command.cc
 int RunTrainCommand(const CommandArgs& args);     // train_command.cc
+// Clients of a running kvgated (client_command.cc).
+int RunAdmitCommand(const CommandArgs& args);
+int RunReleaseCommand(const CommandArgs& args);
+int RunRenewCommand(const CommandArgs& args);
+int RunBudgetCommand(const CommandArgs& args);
+int RunDemoCommand(const CommandArgs& args);
 
 }  // namespace kvgate
 

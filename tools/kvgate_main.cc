@@ -16,13 +16,20 @@ struct Command {
   const char* summary;
 };
 
-constexpr std::array<Command, 3> kCommands = {{
+constexpr std::array<Command, 8> kCommands = {{
     {"estimate", kvgate::RunEstimateCommand,
      "memory to serve a model: weights, KV cache, activations"},
     {"plan", kvgate::RunPlanCommand,
      "size the KV cache and concurrency of a model on a GPU"},
     {"train", kvgate::RunTrainCommand,
      "memory per GPU to train or fine-tune a model, and GPUs needed"},
+    {"admit", kvgate::RunAdmitCommand,
+     "ask a running kvgated for memory for a batch"},
+    {"release", kvgate::RunReleaseCommand, "release a lease"},
+    {"renew", kvgate::RunRenewCommand, "extend a lease"},
+    {"budget", kvgate::RunBudgetCommand, "show a model pool's budget"},
+    {"demo", kvgate::RunDemoCommand,
+     "a short demonstration load against kvgated"},
 }};
 
 void PrintUsage(std::ostream& out) {

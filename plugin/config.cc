@@ -1,0 +1,254 @@
+#include "plugin/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "estimator/gpu_catalog.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace kvgate {
+namespace {
+
+absl::Status Invalid(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+// Collects text-format parse errors into one message.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (first_.empty()) {
+      first_ = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ",
+                            message);
+    }
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
+                                          const std::string& field) {
+  if (!m.config_path().empty() && !m.preset().empty()) {
+    return Invalid(field, "set config_path or preset, not both");
+  }
+  const std::string source = !m.config_path().empty() ? m.config_path()
+                             : !m.preset().empty()    ? m.preset()
+                                                      : kDefaultPreset;
+  absl::StatusOr<ModelSpec> spec = !m.config_path().empty()
+                                       ? LoadModelConfig(m.config_path())
+                                       : LoadPreset(source);
+  if (!spec.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", spec.status().message()));
+  }
+  ServingOptions o;
+  if (!m.dtype().empty()) {
+    absl::StatusOr<DType> d = ParseDType(m.dtype());
+    if (!d.ok()) return Invalid(field + ".dtype", d.status().message());
+    o.weight_dtype = *d;
+  }
+  if (!m.kv_cache_dtype().empty() && m.kv_cache_dtype() != "auto") {
+    absl::StatusOr<DType> d = ParseDType(m.kv_cache_dtype());
+    if (!d.ok()) return Invalid(field + ".kv_cache_dtype", d.status().message());
+    o.kv_cache_dtype = *d;
+  }
+  if (m.block_size() > 1024) {
+    return Invalid(field + ".block_size", "must be between 1 and 1024");
+  }
+  o.block_size = m.block_size() == 0 ? 16 : m.block_size();
+  if (m.tensor_parallel() > 64) {
+    return Invalid(field + ".tensor_parallel", "must be between 1 and 64");
+  }
+  o.tensor_parallel = m.tensor_parallel() == 0 ? 1 : m.tensor_parallel();
+  if (m.attention().empty() || m.attention() == "flash") {
+    o.attention = AttentionImpl::kFlash;
+  } else if (m.attention() == "eager") {
+    o.attention = AttentionImpl::kEager;
+  } else {
+    return Invalid(field + ".attention", "expected flash or eager");
+  }
+  o.chunked_prefill_tokens = m.chunked_prefill_tokens();
+  o.share_prompt_prefix = m.share_prompt_prefix();
+  absl::StatusOr<ServingModel> model = ServingModel::Create(*std::move(spec), o);
+  if (!model.ok()) return Invalid(field, model.status().message());
+  return model;
+}
+
+}  // namespace
+
+absl::StatusOr<kvgate::v1::ServerConfig> ReadServerConfig(
+    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot read config file '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  kvgate::v1::ServerConfig config;
+  if (absl::EndsWith(path, ".json")) {
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = false;
+    const auto status = google::protobuf::util::JsonStringToMessage(
+        text.str(), &config, options);
+    if (!status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": ", status.message().as_string()));
+    }
+    return config;
+  }
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text.str(), &config)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ", errors.first()));
+  }
+  return config;
+}
+
+absl::StatusOr<ServerSettings> ResolveServerConfig(
+    const kvgate::v1::ServerConfig& config) {
+  ServerSettings s;
+  if (!config.grpc_address().empty()) s.grpc_address = config.grpc_address();
+  s.metrics_address = config.metrics_address();
+
+  // Models.
+  kvgate::v1::ServerConfig with_default = config;
+  if (with_default.models().empty()) {
+    kvgate::v1::ModelConfig* m = with_default.add_models();
+    m->set_name(kDefaultPreset);
+    m->set_preset(kDefaultPreset);
+  }
+  absl::flat_hash_set<std::string> names;
+  for (int i = 0; i < with_default.models_size(); ++i) {
+    const kvgate::v1::ModelConfig& m = with_default.models(i);
+    const std::string field = absl::StrCat("models[", i, "]");
+    std::string name = m.name();
+    if (name.empty()) name = !m.preset().empty() ? m.preset() : "";
+    if (name.empty()) return Invalid(field + ".name", "is required");
+    if (!names.insert(name).second) {
+      return Invalid(field + ".name", absl::StrCat("duplicate model '", name, "'"));
+    }
+    absl::StatusOr<ServingModel> model = ResolveModel(m, field);
+    if (!model.ok()) return model.status();
+    const double util =
+        m.gpu_memory_utilization() == 0 ? 0.9 : m.gpu_memory_utilization();
+    if (!(util > 0 && util <= 1)) {
+      return Invalid(field + ".gpu_memory_utilization", "must be in (0, 1]");
+    }
+    ModelPoolSettings pool{name, *std::move(model), {}, util, 0, false};
+    pool.runtime_overhead_bytes =
+        m.has_runtime_overhead_bytes() ? m.runtime_overhead_bytes() : 0;
+    pool.activation_sum = m.activation_sum();
+    pool.gpus.assign(m.gpus().begin(), m.gpus().end());
+    if (pool.gpus.empty()) {
+      for (uint32_t g = 0; g < pool.model.options().tensor_parallel; ++g) {
+        pool.gpus.push_back(absl::StrCat(g));
+      }
+    }
+    s.models.push_back(std::move(pool));
+  }
+
+  // Memory source.
+  const kvgate::v1::MemorySourceConfig& src = config.memory_source();
+  if (src.has_nvml()) {
+    const kvgate::v1::NvmlSourceConfig& n = src.nvml();
+    s.memory_source.kind = MemorySourceSettings::Kind::kNvml;
+    if (!n.library_path().empty()) s.memory_source.nvml_library = n.library_path();
+    if (n.has_poll_interval()) {
+      s.memory_source.poll_interval = FromProto(n.poll_interval());
+      if (s.memory_source.poll_interval < absl::Milliseconds(10) ||
+          s.memory_source.poll_interval > absl::Minutes(1)) {
+        return Invalid("memory_source.nvml.poll_interval",
+                       "must be between 10ms and 1m");
+      }
+    }
+    if (n.free_margin_bytes() > 0) {
+      s.memory_source.guard.free_margin_bytes = n.free_margin_bytes();
+    }
+    s.memory_source.guard.fail_open = n.fail_open();
+  } else {
+    const kvgate::v1::StaticSourceConfig& st = src.static_source();
+    if (!st.gpu().empty() && st.memory_bytes() > 0) {
+      return Invalid("memory_source.static_source",
+                     "set gpu or memory_bytes, not both");
+    }
+    if (st.memory_bytes() > 0) {
+      s.memory_source.static_device_bytes = st.memory_bytes();
+      s.memory_source.static_device_name = "custom";
+    } else {
+      const std::string gpu = st.gpu().empty() ? kDefaultStaticGpu : st.gpu();
+      absl::StatusOr<const GpuSpec*> spec = FindGpu(gpu);
+      if (!spec.ok()) {
+        return Invalid("memory_source.static_source.gpu",
+                       spec.status().message());
+      }
+      s.memory_source.static_device_bytes = (*spec)->allocatable_bytes;
+      s.memory_source.static_device_name = std::string((*spec)->name);
+    }
+  }
+
+  // Queue and leases.
+  const kvgate::v1::QueueConfig& q = config.queue();
+  Controller::Options& c = s.controller;
+  if (q.max_requests() > 1000000) {
+    return Invalid("queue.max_requests", "must be at most 1000000");
+  }
+  c.max_queue_requests = q.max_requests() == 0 ? 1024 : q.max_requests();
+  c.max_queue_bytes = q.max_bytes();
+  if (q.has_max_queue_wait()) {
+    c.max_queue_wait = FromProto(q.max_queue_wait());
+    if (c.max_queue_wait <= absl::ZeroDuration() ||
+        c.max_queue_wait > absl::Hours(1)) {
+      return Invalid("queue.max_queue_wait", "must be in (0, 1h]");
+    }
+  }
+  if (q.backfill_limit() > 0) c.backfill_limit = q.backfill_limit();
+  if (config.has_lease_ttl()) {
+    c.lease_ttl = FromProto(config.lease_ttl());
+    if (c.lease_ttl < absl::Seconds(1) || c.lease_ttl > absl::Hours(24)) {
+      return Invalid("lease_ttl", "must be between 1s and 24h");
+    }
+  }
+  for (const auto& [tenant, weight] : config.tenant_weights()) {
+    if (!(weight > 0) || !std::isfinite(weight)) {
+      return Invalid(absl::StrCat("tenant_weights[\"", tenant, "\"]"),
+                     "must be a positive number");
+    }
+    c.tenant_weights[tenant] = weight;
+  }
+  return s;
+}
+
+absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
+                                      uint64_t device_bytes) {
+  const uint64_t usable = static_cast<uint64_t>(
+      std::floor(static_cast<double>(device_bytes) * pool.gpu_memory_utilization));
+  const uint64_t fixed = pool.model.weights_bytes() + pool.runtime_overhead_bytes;
+  if (fixed >= usable) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", pool.name, "' does not fit: weights ",
+        pool.model.weights_bytes(), " B + overhead ", pool.runtime_overhead_bytes,
+        " B >= ", usable, " B usable (", device_bytes, " B x ",
+        pool.gpu_memory_utilization, ")"));
+  }
+  return usable - fixed;
+}
+
+}  // namespace kvgate

@@ -1,0 +1,80 @@
+// kvgated's configuration: the ServerConfig proto (proto/kvgate/v1/
+// config.proto) read from a file, defaults filled in, and every value checked
+// before anything starts, so a bad file is one clear error at start-up (and
+// from `kvgated --validate`).
+#ifndef KVGATE_PLUGIN_CONFIG_H_
+#define KVGATE_PLUGIN_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "estimator/serving.h"
+#include "kvgate/v1/config.pb.h"
+#include "plugin/controller.h"
+#include "plugin/memory_guard.h"
+#include "plugin/nvml_memory_source.h"
+
+namespace kvgate {
+
+inline constexpr char kDefaultGrpcAddress[] = "unix:/tmp/kvgate.sock";
+inline constexpr char kDefaultPreset[] = "llama-3-8b";
+inline constexpr char kDefaultStaticGpu[] = "H100-80GB";
+
+// One model pool, resolved: the estimator's model and the pool's budget
+// parameters.
+struct ModelPoolSettings {
+  std::string name;
+  ServingModel model;
+  // GPUs for the nvml source, by index or UUID.
+  std::vector<std::string> gpus;
+  double gpu_memory_utilization = 0.9;
+  uint64_t runtime_overhead_bytes = 0;
+  bool activation_sum = false;
+};
+
+struct MemorySourceSettings {
+  enum class Kind { kStatic, kNvml };
+  Kind kind = Kind::kStatic;
+  // kStatic: bytes of one simulated device.
+  uint64_t static_device_bytes = 0;
+  std::string static_device_name;
+  // kNvml.
+  std::string nvml_library = "libnvidia-ml.so.1";
+  absl::Duration poll_interval = absl::Milliseconds(500);
+  MemoryGuard::Options guard;
+};
+
+struct ServerSettings {
+  std::string grpc_address = kDefaultGrpcAddress;
+  std::string metrics_address;
+  std::vector<ModelPoolSettings> models;
+  MemorySourceSettings memory_source;
+  // Template for each pool's controller (capacity filled in per pool).
+  Controller::Options controller;
+};
+
+// Reads a ServerConfig from `path`: JSON when the name ends in .json, text
+// format otherwise. NotFound for a missing file; InvalidArgument with the
+// parser's line and column for a malformed one.
+absl::StatusOr<kvgate::v1::ServerConfig> ReadServerConfig(
+    const std::string& path);
+
+// Fills defaults, loads each model (preset or config.json) and checks every
+// value. InvalidArgument names the offending field, e.g.
+// "models[1].block_size: must be between 1 and 1024".
+absl::StatusOr<ServerSettings> ResolveServerConfig(
+    const kvgate::v1::ServerConfig& config);
+
+// The bytes a pool may reserve on a device of `device_bytes`:
+// device_bytes * utilization - weights - runtime overhead.
+// FailedPrecondition when the weights alone do not fit.
+absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
+                                      uint64_t device_bytes);
+
+}  // namespace kvgate
+
+#endif  // KVGATE_PLUGIN_CONFIG_H_

@@ -1,0 +1,343 @@
+#include "plugin/kvgate_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace kvgate {
+namespace {
+
+using grpc::Status;
+using grpc::StatusCode;
+
+void ToProto(absl::Duration d, google::protobuf::Duration* out) {
+  if (d < absl::ZeroDuration()) d = absl::ZeroDuration();
+  const int64_t seconds = absl::IDivDuration(d, absl::Seconds(1), &d);
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d)));
+}
+
+Status Invalid(absl::string_view message) {
+  return Status(StatusCode::INVALID_ARGUMENT, std::string(message));
+}
+
+// absl::Status from the estimator or controller -> grpc::Status.
+Status FromAbsl(const absl::Status& s) {
+  return Status(static_cast<StatusCode>(s.code()), std::string(s.message()));
+}
+
+// Translates a batch into estimator shapes. No heap allocation for batches
+// of up to 16 sequences.
+using Shapes = absl::InlinedVector<SequenceShape, 16>;
+
+template <typename Seqs>
+Status ToShapes(const Seqs& sequences, int max_sequences, Shapes* out) {
+  if (sequences.empty()) {
+    return Invalid("sequences: at least one sequence is required");
+  }
+  if (sequences.size() > max_sequences) {
+    return Invalid(absl::StrCat("sequences: ", sequences.size(),
+                                " sequences exceed the limit of ",
+                                max_sequences, " per request"));
+  }
+  out->reserve(sequences.size());
+  for (const auto& s : sequences) {
+    out->push_back({s.prompt_tokens(), s.max_new_tokens()});
+  }
+  return Status::OK;
+}
+
+Status EstimateShapes(const ModelPool& pool, const Shapes& shapes,
+                BatchEstimate* estimate) {
+  absl::Status s = pool.model().EstimateBatch(shapes, estimate);
+  if (!s.ok()) return FromAbsl(s);
+  return Status::OK;
+}
+
+absl::StatusOr<Priority> ToPriority(int value) {
+  switch (value) {
+    case kvgate::v1::PRIORITY_UNSPECIFIED:
+    case kvgate::v1::STANDARD:
+      return Priority::kStandard;
+    case kvgate::v1::CRITICAL:
+      return Priority::kCritical;
+    case kvgate::v1::SHEDDABLE:
+      return Priority::kSheddable;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("priority: unknown value ", value));
+  }
+}
+
+}  // namespace
+
+// A unary reactor that may wait in a controller's queue. The controller's
+// callback fills the response and finishes the call, from whichever thread
+// answers it; a client cancel (or an expired gRPC deadline) takes the entry
+// out of the queue.
+class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
+ public:
+  AdmitReactor(Controller* controller, KvgateMetrics* metrics, Clock* clock,
+               kvgate::v1::AdmitResponse* response)
+      : controller_(controller),
+        metrics_(metrics),
+        clock_(clock),
+        start_(clock->Now()),
+        response_(response) {}
+
+  // Hands the ticket to the controller; the reactor finishes itself.
+  void Start(AdmitTicket ticket) {
+    absl::StatusOr<uint64_t> handle = controller_->Admit(
+        std::move(ticket),
+        [this](AdmitOutcome outcome) { Answer(std::move(outcome)); });
+    if (!handle.ok()) {
+      FinishOnce(FromAbsl(handle.status()));
+      return;
+    }
+    handle_.store(*handle, std::memory_order_release);
+    // A cancel that arrived before the handle was known.
+    if (*handle != 0 && cancelled_.load(std::memory_order_acquire)) {
+      controller_->Cancel(*handle);
+    }
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true, std::memory_order_release);
+    const uint64_t handle = handle_.load(std::memory_order_acquire);
+    if (handle != 0) controller_->Cancel(handle);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Answer(AdmitOutcome outcome) {
+    if (outcome.reason == RejectReason::kCancelled) {
+      FinishOnce(Status(StatusCode::CANCELLED, "cancelled while queued"));
+      return;
+    }
+    response_->set_decision(outcome.admitted ? kvgate::v1::ADMITTED
+                                             : kvgate::v1::REJECTED);
+    response_->set_lease_id(std::move(outcome.lease_id));
+    response_->set_reason(std::string(RejectReasonName(outcome.reason)));
+    response_->set_reserved_bytes(outcome.reserved_bytes);
+    if (!outcome.admitted) ToProto(outcome.retry_after, response_->mutable_retry_after());
+    ToProto(outcome.queued_for, response_->mutable_queued_for());
+    response_->set_message(std::move(outcome.message));
+    FinishOnce(Status::OK);
+  }
+
+  void FinishOnce(const Status& status) {
+    if (metrics_ != nullptr) metrics_->ObserveAdmitDuration(clock_->Now() - start_);
+    Finish(status);
+  }
+
+  Controller* const controller_;
+  KvgateMetrics* const metrics_;
+  Clock* const clock_;
+  const absl::Time start_;
+  kvgate::v1::AdmitResponse* const response_;
+  std::atomic<uint64_t> handle_{0};
+  std::atomic<bool> cancelled_{false};
+};
+
+AdmissionService::AdmissionService(const ModelRegistry* registry, Clock* clock,
+                                   KvgateMetrics* metrics, Options options)
+    : registry_(registry), clock_(clock), metrics_(metrics), options_(options) {}
+
+Status AdmissionService::FindPool(const std::string& model,
+                                  ModelPool** pool) const {
+  if (!ready_.load(std::memory_order_relaxed)) {
+    return Status(StatusCode::UNAVAILABLE, "kvgated is not ready");
+  }
+  if (model.empty()) return Invalid("model: is required");
+  *pool = registry_->Find(model);
+  if (*pool == nullptr) {
+    return Status(StatusCode::NOT_FOUND,
+                  absl::StrCat("model: unknown model '",
+                               model.substr(0, options_.max_id_bytes), "'"));
+  }
+  return Status::OK;
+}
+
+grpc::ServerUnaryReactor* AdmissionService::Admit(
+    grpc::CallbackServerContext* context,
+    const kvgate::v1::AdmitRequest* request,
+    kvgate::v1::AdmitResponse* response) {
+  ModelPool* pool = nullptr;
+  Status status = FindPool(request->model(), &pool);
+  AdmitTicket ticket;
+  Shapes shapes;
+  BatchEstimate estimate;
+  if (status.ok() && request->request_id().empty()) {
+    status = Invalid("request_id: is required");
+  }
+  if (status.ok() && (request->request_id().size() > options_.max_id_bytes ||
+                      request->tenant().size() > options_.max_id_bytes)) {
+    status = Invalid(absl::StrCat("request_id and tenant: at most ",
+                                  options_.max_id_bytes, " bytes"));
+  }
+  if (status.ok()) {
+    absl::StatusOr<Priority> priority = ToPriority(request->priority());
+    if (!priority.ok()) {
+      status = FromAbsl(priority.status());
+    } else {
+      ticket.priority = *priority;
+    }
+  }
+  if (status.ok() && request->has_max_queue_wait() &&
+      (request->max_queue_wait().seconds() < 0 ||
+       request->max_queue_wait().nanos() < 0)) {
+    status = Invalid("max_queue_wait: must not be negative");
+  }
+  if (status.ok()) status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
+  if (status.ok()) status = EstimateShapes(*pool, shapes, &estimate);
+
+  AdmitReactor* reactor =
+      new AdmitReactor(pool != nullptr ? &pool->controller() : nullptr,
+                       metrics_, clock_, response);
+  if (!status.ok()) {
+    reactor->Finish(status);
+    return reactor;
+  }
+  const absl::Time now = clock_->Now();
+  ticket.request_id = request->request_id();
+  ticket.tenant = request->tenant();
+  ticket.cost.kv_bytes = estimate.kv_cache_bytes;
+  ticket.cost.activation_bytes = estimate.activation_bytes;
+  // The deadline is the earlier of the gRPC deadline and max_queue_wait;
+  // the controller caps it further at its configured maximum.
+  absl::Time deadline = absl::InfiniteFuture();
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    // The gRPC deadline is on the system clock; carry the remaining time
+    // over to the injected clock.
+    const absl::Duration left =
+        absl::FromChrono(context->deadline()) - absl::Now();
+    deadline = now + left;
+  }
+  if (request->has_max_queue_wait()) {
+    const absl::Duration wait =
+        absl::Seconds(request->max_queue_wait().seconds()) +
+        absl::Nanoseconds(request->max_queue_wait().nanos());
+    if (wait > absl::ZeroDuration()) deadline = std::min(deadline, now + wait);
+  }
+  ticket.deadline = deadline;
+  if (draining_.load(std::memory_order_relaxed)) {
+    response->set_decision(kvgate::v1::REJECTED);
+    response->set_reason("DRAINING");
+    response->set_message("kvgated is shutting down");
+    reactor->Finish(Status::OK);
+    return reactor;
+  }
+  reactor->Start(std::move(ticket));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdmissionService::Release(
+    grpc::CallbackServerContext* context,
+    const kvgate::v1::ReleaseRequest* request,
+    kvgate::v1::ReleaseResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->lease_id().empty()) {
+    reactor->Finish(Invalid("lease_id: is required"));
+    return reactor;
+  }
+  if (!ready_.load(std::memory_order_relaxed)) {
+    reactor->Finish(Status(StatusCode::UNAVAILABLE, "kvgated is not ready"));
+    return reactor;
+  }
+  // Lease ids are unique per controller; a pool that never issued the id
+  // answers NotFound and the next one is asked.
+  for (const auto& pool : registry_->pools()) {
+    absl::StatusOr<uint64_t> freed = pool->controller().Release(request->lease_id());
+    if (freed.ok()) {
+      response->set_released_bytes(*freed);
+      reactor->Finish(Status::OK);
+      return reactor;
+    }
+    if (freed.status().code() != absl::StatusCode::kNotFound) {
+      reactor->Finish(FromAbsl(freed.status()));
+      return reactor;
+    }
+  }
+  reactor->Finish(Status(StatusCode::NOT_FOUND, "lease_id: unknown lease"));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdmissionService::Renew(
+    grpc::CallbackServerContext* context,
+    const kvgate::v1::RenewRequest* request,
+    kvgate::v1::RenewResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (request->lease_id().empty()) {
+    reactor->Finish(Invalid("lease_id: is required"));
+    return reactor;
+  }
+  if (!ready_.load(std::memory_order_relaxed)) {
+    reactor->Finish(Status(StatusCode::UNAVAILABLE, "kvgated is not ready"));
+    return reactor;
+  }
+  for (const auto& pool : registry_->pools()) {
+    absl::StatusOr<absl::Duration> ttl = pool->controller().Renew(request->lease_id());
+    if (ttl.ok()) {
+      ToProto(*ttl, response->mutable_ttl());
+      reactor->Finish(Status::OK);
+      return reactor;
+    }
+  }
+  reactor->Finish(Status(StatusCode::NOT_FOUND,
+                         "lease_id: unknown, released or expired lease"));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdmissionService::GetBudget(
+    grpc::CallbackServerContext* context,
+    const kvgate::v1::GetBudgetRequest* request,
+    kvgate::v1::Budget* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  ModelPool* pool = nullptr;
+  Status status = FindPool(request->model(), &pool);
+  if (!status.ok()) {
+    reactor->Finish(status);
+    return reactor;
+  }
+  const BudgetSnapshot s = pool->controller().Snapshot();
+  response->set_capacity_bytes(s.capacity_bytes);
+  response->set_weights_bytes(pool->model().weights_bytes());
+  response->set_reserved_bytes(s.reserved_bytes);
+  response->set_free_bytes(s.free_bytes);
+  response->set_device_free_bytes(pool->device_free_bytes());
+  response->set_active_leases(s.active_leases);
+  response->set_queued_requests(s.queued_requests);
+  response->set_activation_reserve_bytes(s.activation_reserve_bytes);
+  reactor->Finish(Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdmissionService::Estimate(
+    grpc::CallbackServerContext* context,
+    const kvgate::v1::EstimateRequest* request,
+    kvgate::v1::EstimateResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  ModelPool* pool = nullptr;
+  Shapes shapes;
+  BatchEstimate estimate;
+  Status status = FindPool(request->model(), &pool);
+  if (status.ok()) status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
+  if (status.ok()) status = EstimateShapes(*pool, shapes, &estimate);
+  if (status.ok()) {
+    response->set_kv_cache_bytes(estimate.kv_cache_bytes);
+    response->set_activation_bytes(estimate.activation_bytes);
+    response->set_total_bytes(estimate.total_bytes);
+    response->set_kv_cache_bytes_per_token(pool->model().kv_cache_bytes_per_token());
+    response->set_kv_cache_tokens(estimate.kv_cache_tokens);
+    response->set_weights_bytes(pool->model().weights_bytes());
+  }
+  reactor->Finish(status);
+  return reactor;
+}
+
+}  // namespace kvgate

@@ -1,0 +1,403 @@
+// kvgated: the kvgate admission sidecar.
+//
+// Wiring, in order: flags -> config -> model registry -> memory source ->
+// metrics -> controllers -> service -> server. With no flags it serves the
+// built-in llama-3-8b preset on a simulated H100 80GB over
+// unix:/tmp/kvgate.sock, so it runs on any machine.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "metrics/metrics.h"
+#include "metrics/metrics_server.h"
+#include "plugin/clock.h"
+#include "plugin/config.h"
+#include "plugin/json_log.h"
+#include "plugin/kvgate_service.h"
+#include "plugin/memory_guard.h"
+#include "plugin/model_pool.h"
+#include "plugin/nvml_memory_source.h"
+#include "plugin/static_memory_source.h"
+
+ABSL_FLAG(std::string, config, "",
+          "ServerConfig file (text format, or JSON when it ends in .json); "
+          "empty: the embedded default");
+ABSL_FLAG(std::string, grpc_address, "",
+          "listen address, unix:/path or host:port (overrides the file; "
+          "default unix:/tmp/kvgate.sock)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "host:port for Prometheus /metrics (overrides the file)");
+ABSL_FLAG(bool, validate, false, "check the configuration and exit");
+ABSL_FLAG(uint32_t, max_concurrent_streams, 4096,
+          "most concurrent calls (queued Admits included) per connection");
+ABSL_FLAG(std::string, socket_mode, "0660",
+          "permissions of the unix socket, in octal");
+
+namespace kvgate {
+namespace {
+
+constexpr char kServiceName[] = "kvgate.v1.Admission";
+constexpr char kVersion[] = "0.1.0";
+#ifndef KVGATE_REVISION
+#define KVGATE_REVISION "unknown"
+#endif
+
+std::string UnixPath(const std::string& address) {
+  if (absl::StartsWith(address, "unix:")) return address.substr(5);
+  return "";
+}
+
+// gRPC unlinks an existing unix socket before binding, which would silently
+// steal the address from a running kvgated. Refuse if the socket answers;
+// remove it if it is stale.
+absl::Status CheckUnixSocketFree(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " exists and is not a socket"));
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unix socket path too long: ", path));
+  }
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  const bool live =
+      fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  if (fd >= 0) close(fd);
+  if (live) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "unix:", path, " is in use by another process (is kvgated running?)"));
+  }
+  unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+// The devices of `pool` among those read, matched by index or UUID.
+std::vector<const DeviceMemory*> PoolDevices(
+    const ModelPool& pool, const std::vector<DeviceMemory>& devices) {
+  std::vector<const DeviceMemory*> out;
+  for (const std::string& gpu : pool.settings().gpus) {
+    uint32_t index = 0;
+    const bool by_index = absl::SimpleAtoi(gpu, &index);
+    for (const DeviceMemory& d : devices) {
+      if (by_index ? d.index == index : d.uuid == gpu) out.push_back(&d);
+    }
+  }
+  return out;
+}
+
+// Runs each controller's Tick every few milliseconds and polls the memory
+// source on its interval, on one thread for the whole server.
+class Ticker {
+ public:
+  Ticker(const ModelRegistry* registry, MemoryGuard* guard,
+         const MemorySourceSettings* source, KvgateMetrics* metrics)
+      : registry_(registry), guard_(guard), source_(source), metrics_(metrics) {}
+
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Stop() {
+    stop_.Notify();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // One poll of the memory source; also used once before serving.
+  void Poll() {
+    const MemoryGuard::Reading r = guard_->Poll();
+    if (!r.ok) {
+      metrics_->IncMemorySourceError(source_->kind ==
+                                             MemorySourceSettings::Kind::kNvml
+                                         ? "nvml"
+                                         : "static");
+      if (!last_error_) {
+        LogError("memory source read failed",
+                 {{"error", r.error.ToString()},
+                  {"action", guard_->options().fail_open
+                                 ? "admitting on the ledger (fail_open)"
+                                 : "admission paused (fail closed)"}});
+      }
+      last_error_ = true;
+    } else if (last_error_) {
+      LogInfo("memory source recovered");
+      last_error_ = false;
+    }
+    metrics_->SetDevices(r.devices);
+    for (const auto& pool : registry_->pools()) {
+      const BudgetSnapshot s = pool->controller().Snapshot();
+      bool pressure = r.pressure;
+      if (r.ok && source_->kind == MemorySourceSettings::Kind::kNvml) {
+        uint64_t min_free = UINT64_MAX;
+        for (const DeviceMemory* d : PoolDevices(*pool, r.devices)) {
+          min_free = std::min(min_free, d->free_bytes);
+        }
+        if (min_free == UINT64_MAX) min_free = r.min_free_bytes;
+        pressure = min_free < guard_->options().free_margin_bytes;
+        pool->set_device_free_bytes(min_free);
+      } else if (r.ok) {
+        // Simulated device: what the ledger leaves of it.
+        const uint64_t used = pool->model().weights_bytes() + s.reserved_bytes;
+        const uint64_t total = source_->static_device_bytes;
+        pool->set_device_free_bytes(total > used ? total - used : 0);
+      }
+      if (pressure != s.memory_pressure) {
+        (pressure ? LogWarning : LogInfo)(
+            pressure ? "memory pressure: admission paused"
+                     : "memory pressure cleared",
+            {{"model", pool->name()}});
+        pool->controller().SetMemoryPressure(pressure);
+      }
+      metrics_->SetMemoryPressure(pool->name(), pressure);
+      metrics_->SetBudget(pool->name(), pool->controller().Snapshot(),
+                          pool->model().weights_bytes());
+    }
+  }
+
+ private:
+  void Run() {
+    absl::Time next_poll = absl::Now() + source_->poll_interval;
+    while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(5))) {
+      for (const auto& pool : registry_->pools()) pool->controller().Tick();
+      if (absl::Now() >= next_poll) {
+        Poll();
+        next_poll = absl::Now() + source_->poll_interval;
+      }
+    }
+  }
+
+  const ModelRegistry* registry_;
+  MemoryGuard* guard_;
+  const MemorySourceSettings* source_;
+  KvgateMetrics* metrics_;
+  absl::Notification stop_;
+  std::thread thread_;
+  bool last_error_ = false;
+};
+
+int Fail(absl::string_view what, const absl::Status& status) {
+  LogError(what, {{"error", std::string(status.message())}});
+  return 1;
+}
+
+int Run() {
+  // Block the shutdown signals in every thread; one thread waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Config: the file (or the embedded default), then flag overrides.
+  kvgate::v1::ServerConfig config;
+  if (const std::string path = absl::GetFlag(FLAGS_config); !path.empty()) {
+    absl::StatusOr<kvgate::v1::ServerConfig> read = ReadServerConfig(path);
+    if (!read.ok()) return Fail("invalid configuration", read.status());
+    config = *std::move(read);
+  }
+  if (const std::string a = absl::GetFlag(FLAGS_grpc_address); !a.empty()) {
+    config.set_grpc_address(a);
+  }
+  if (const std::string a = absl::GetFlag(FLAGS_metrics_address); !a.empty()) {
+    config.set_metrics_address(a);
+  }
+  absl::StatusOr<ServerSettings> settings = ResolveServerConfig(config);
+  if (!settings.ok()) return Fail("invalid configuration", settings.status());
+
+  // Memory source.
+  std::unique_ptr<MemorySource> source;
+  const MemorySourceSettings& src = settings->memory_source;
+  if (src.kind == MemorySourceSettings::Kind::kNvml) {
+    NvmlOptions nvml;
+    nvml.library_path = src.nvml_library;
+    for (const ModelPoolSettings& m : settings->models) {
+      for (const std::string& gpu : m.gpus) {
+        if (std::find(nvml.devices.begin(), nvml.devices.end(), gpu) ==
+            nvml.devices.end()) {
+          nvml.devices.push_back(gpu);
+        }
+      }
+    }
+    absl::StatusOr<std::unique_ptr<MemorySource>> made =
+        MakeNvmlMemorySource(nvml);
+    if (!made.ok()) return Fail("memory source failed", made.status());
+    source = *std::move(made);
+  } else {
+    uint32_t devices = 1;
+    for (const ModelPoolSettings& m : settings->models) {
+      devices = std::max(devices, m.model.options().tensor_parallel);
+    }
+    source = MakeStaticMemorySource(src.static_device_bytes, devices);
+  }
+  absl::StatusOr<std::vector<DeviceMemory>> first_read = source->Read();
+  if (!first_read.ok()) return Fail("memory source failed", first_read.status());
+
+  // Pools: capacity from the tightest device each model runs on.
+  ModelRegistry registry;
+  KvgateMetrics metrics(KvgateMetrics::Options{kVersion, KVGATE_REVISION});
+  std::vector<ModelPoolSettings> pools = std::move(settings->models);
+  for (ModelPoolSettings& m : pools) {
+    uint64_t device_bytes = src.static_device_bytes;
+    if (src.kind == MemorySourceSettings::Kind::kNvml) {
+      device_bytes = UINT64_MAX;
+      for (const DeviceMemory& d : *first_read) {
+        for (const std::string& gpu : m.gpus) {
+          uint32_t index = 0;
+          const bool match = absl::SimpleAtoi(gpu, &index) ? d.index == index
+                                                            : d.uuid == gpu;
+          // What CUDA can allocate: the driver's reservation is not usable.
+          if (match) device_bytes = std::min(device_bytes, d.total_bytes - d.reserved_bytes);
+        }
+      }
+    }
+    absl::StatusOr<uint64_t> capacity = PoolCapacity(m, device_bytes);
+    if (!capacity.ok()) return Fail("invalid configuration", capacity.status());
+    Controller::Options options = settings->controller;
+    options.capacity_bytes = *capacity;
+    options.activation_sum = m.activation_sum;
+    options.listener = metrics.ListenerFor(m.name);
+    absl::StatusOr<std::unique_ptr<Controller>> controller =
+        Controller::Create(options, RealClock());
+    if (!controller.ok()) return Fail("invalid configuration", controller.status());
+    LogInfo("model loaded",
+            {{"model", m.name},
+             {"model_type", m.model.spec().model_type},
+             {"weights_bytes", absl::StrCat(m.model.weights_bytes())},
+             {"kv_cache_bytes_per_token",
+              absl::StrCat(m.model.kv_cache_bytes_per_token())},
+             {"capacity_bytes", absl::StrCat(*capacity)},
+             {"device_bytes", absl::StrCat(device_bytes)}});
+    registry.Add(std::make_unique<ModelPool>(std::move(m), *capacity,
+                                             *std::move(controller)));
+  }
+  if (absl::GetFlag(FLAGS_validate)) {
+    std::vector<std::string> names;
+    for (const auto& p : registry.pools()) names.push_back(p->name());
+    std::cout << "kvgated: configuration is valid: models "
+              << absl::StrJoin(names, ", ") << "; memory source "
+              << (src.kind == MemorySourceSettings::Kind::kNvml ? "nvml" : "static")
+              << "; listen " << settings->grpc_address << std::endl;
+    return 0;
+  }
+
+  // Metrics endpoint.
+  std::unique_ptr<MetricsServer> metrics_server;
+  if (!settings->metrics_address.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started =
+        MetricsServer::Start(settings->metrics_address, metrics.registry());
+    if (!started.ok()) return Fail("metrics endpoint failed", started.status());
+    metrics_server = *std::move(started);
+    LogInfo("metrics listening", {{"address", metrics_server->address()}});
+  }
+
+  MemoryGuard guard(source.get(), src.guard);
+  Ticker ticker(&registry, &guard, &src, &metrics);
+  ticker.Poll();
+
+  // gRPC server.
+  AdmissionService service(&registry, RealClock(), &metrics, {});
+  const std::string socket_path = UnixPath(settings->grpc_address);
+  if (!socket_path.empty()) {
+    if (absl::Status s = CheckUnixSocketFree(socket_path); !s.ok()) {
+      return Fail("cannot listen", s);
+    }
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(settings->grpc_address,
+                           grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  // A second kvgated on the same TCP port must fail, not share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(absl::GetFlag(FLAGS_max_concurrent_streams)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 1 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || (socket_path.empty() && port == 0)) {
+    return Fail("cannot listen",
+                absl::UnavailableError(absl::StrCat(
+                    "could not bind ", settings->grpc_address,
+                    " (address in use or not permitted)")));
+  }
+  if (!socket_path.empty()) {
+    const std::string mode_text = absl::GetFlag(FLAGS_socket_mode);
+    char* end = nullptr;
+    const unsigned long mode = std::strtoul(mode_text.c_str(), &end, 8);
+    if (mode_text.empty() || *end != '\0' || mode > 0777 ||
+        chmod(socket_path.c_str(), static_cast<mode_t>(mode)) != 0) {
+      LogWarning("could not set the socket mode",
+                 {{"mode", absl::GetFlag(FLAGS_socket_mode)}});
+    }
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  service.SetReady(true);
+  health->SetServingStatus(kServiceName, true);
+  health->SetServingStatus(true);
+  ticker.Start();
+  LogInfo("listening", {{"address", settings->grpc_address},
+                        {"port", absl::StrCat(port)},
+                        {"models", absl::StrCat(registry.pools().size())}});
+
+  // Wait for SIGTERM/SIGINT, then drain: no new admits, every queued
+  // request answered, then the server stops.
+  std::thread signal_thread([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    LogInfo("draining", {{"signal", strsignal(sig)}});
+    health->SetServingStatus(kServiceName, false);
+    health->SetServingStatus(false);
+    service.StartDraining();
+    for (const auto& pool : registry.pools()) pool->controller().Drain();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  });
+  server->Wait();
+  signal_thread.join();
+  ticker.Stop();
+  if (!socket_path.empty()) unlink(socket_path.c_str());
+  LogInfo("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvgate
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "kvgated: admission sidecar that checks each request batch's KV-cache "
+      "and activation bytes against GPU memory.\n"
+      "Usage: kvgated [--config=FILE] [--grpc_address=unix:/path|host:port] "
+      "[--metrics_address=host:port] [--validate]");
+  absl::ParseCommandLine(argc, argv);
+  return kvgate::Run();
+}

@@ -1,0 +1,405 @@
+// kvgate admit | release | renew | budget | demo: a client of kvgated for
+// manual use, and a short demonstration load against a running sidecar.
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "grpcpp/grpcpp.h"
+#include "kvgate/v1/admission.grpc.pb.h"
+#include "tools/cli_flags.h"
+#include "tools/cli_output.h"
+#include "tools/commands.h"
+
+namespace kvgate {
+namespace {
+
+using kvgate::v1::Admission;
+
+constexpr char kDefaultAddress[] = "unix:/tmp/kvgate.sock";
+
+struct ClientFlags {
+  std::string address = kDefaultAddress;
+  double timeout_seconds = 30;
+  bool json = false;
+  void Register(FlagSet& flags) {
+    flags.AddString("address", &address,
+                    "kvgated address: unix:/path or host:port");
+    flags.AddDouble("timeout", &timeout_seconds, "RPC deadline in seconds");
+    flags.AddBool("json", &json, "print one JSON object");
+  }
+  std::unique_ptr<Admission::Stub> Connect() const {
+    return Admission::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  }
+  void Arm(grpc::ClientContext& context) const {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(static_cast<int64_t>(
+                             timeout_seconds * 1000)));
+  }
+};
+
+// One line on stderr for a failed RPC; exit 1 (the operation failed).
+int RpcFailed(const std::string& command, const grpc::Status& status) {
+  std::cerr << "kvgate " << command << ": error: "
+            << (status.error_code() == grpc::StatusCode::UNAVAILABLE
+                    ? "kvgated unavailable: "
+                    : "")
+            << status.error_message() << " (gRPC code "
+            << static_cast<int>(status.error_code()) << ")" << std::endl;
+  return kExitFailure;
+}
+
+void SetSeconds(double seconds, google::protobuf::Duration* out) {
+  const int64_t whole = static_cast<int64_t>(seconds);
+  out->set_seconds(whole);
+  out->set_nanos(static_cast<int32_t>((seconds - static_cast<double>(whole)) * 1e9));
+}
+
+double Seconds(const google::protobuf::Duration& d) {
+  return static_cast<double>(d.seconds()) + d.nanos() / 1e9;
+}
+
+// Parses flags; returns -1 to continue, else the exit code.
+int ParseFlags(const std::string& command, FlagSet& flags,
+               const CommandArgs& args) {
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    return FailUsage(command, s);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  return -1;
+}
+
+absl::StatusOr<kvgate::v1::Priority> ParsePriority(const std::string& name) {
+  if (name == "critical") return kvgate::v1::CRITICAL;
+  if (name == "standard") return kvgate::v1::STANDARD;
+  if (name == "sheddable") return kvgate::v1::SHEDDABLE;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--priority=", name, ": expected critical, standard or sheddable"));
+}
+
+std::string NewRequestId() {
+  absl::BitGen gen;
+  return absl::StrFormat("cli-%016x", absl::Uniform<uint64_t>(gen));
+}
+
+void PrintAdmit(const kvgate::v1::AdmitResponse& r, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["decision"] = kvgate::v1::Decision_Name(r.decision());
+    j["lease_id"] = r.lease_id();
+    j["reason"] = r.reason();
+    j["reserved_bytes"] = r.reserved_bytes();
+    j["retry_after_seconds"] = Seconds(r.retry_after());
+    j["queued_for_seconds"] = Seconds(r.queued_for());
+    j["message"] = r.message();
+    PrintJson(j);
+    return;
+  }
+  TableRows rows = {{"decision", kvgate::v1::Decision_Name(r.decision())}};
+  if (r.decision() == kvgate::v1::ADMITTED) {
+    rows.push_back({"lease_id", r.lease_id()});
+    rows.push_back({"reserved", FormatBytes(r.reserved_bytes())});
+  } else {
+    rows.push_back({"reason", r.reason()});
+    rows.push_back(
+        {"retry_after", absl::StrFormat("%.3f s", Seconds(r.retry_after()))});
+    if (!r.message().empty()) rows.push_back({"message", r.message()});
+  }
+  rows.push_back(
+      {"queued_for", absl::StrFormat("%.3f s", Seconds(r.queued_for()))});
+  PrintTable("", rows);
+}
+
+void PrintBudget(const kvgate::v1::Budget& b, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["capacity_bytes"] = b.capacity_bytes();
+    j["weights_bytes"] = b.weights_bytes();
+    j["reserved_bytes"] = b.reserved_bytes();
+    j["free_bytes"] = b.free_bytes();
+    j["device_free_bytes"] = b.device_free_bytes();
+    j["activation_reserve_bytes"] = b.activation_reserve_bytes();
+    j["active_leases"] = b.active_leases();
+    j["queued_requests"] = b.queued_requests();
+    PrintJson(j);
+    return;
+  }
+  PrintTable("", {{"capacity", FormatBytes(b.capacity_bytes())},
+                  {"weights", FormatBytes(b.weights_bytes())},
+                  {"reserved", FormatBytes(b.reserved_bytes())},
+                  {"free", FormatBytes(b.free_bytes())},
+                  {"device free", FormatBytes(b.device_free_bytes())},
+                  {"activation reserve",
+                   FormatBytes(b.activation_reserve_bytes())},
+                  {"active leases", absl::StrCat(b.active_leases())},
+                  {"queued requests", absl::StrCat(b.queued_requests())}});
+}
+
+}  // namespace
+
+int RunAdmitCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string model = "llama-3-8b";
+  std::string request_id;
+  std::string tenant;
+  std::string priority = "standard";
+  uint64_t batch = 1;
+  uint64_t prompt_tokens = 512;
+  uint64_t max_new_tokens = 512;
+  double max_queue_wait = 0;
+  FlagSet flags("admit",
+                "Ask kvgated for memory for a batch; prints the decision and "
+                "the lease to pass to `kvgate release`.");
+  client.Register(flags);
+  flags.AddString("model", &model, "model name as configured in kvgated");
+  flags.AddString("request-id", &request_id, "request id (default: random)");
+  flags.AddString("tenant", &tenant, "tenant for fairness");
+  flags.AddString("priority", &priority, "critical, standard or sheddable");
+  flags.AddUint64("batch", &batch, "sequences in the batch");
+  flags.AddUint64("prompt-tokens", &prompt_tokens, "prompt tokens per sequence");
+  flags.AddUint64("max-new-tokens", &max_new_tokens,
+                  "most generated tokens per sequence");
+  flags.AddDouble("max-queue-wait", &max_queue_wait,
+                  "longest wait in the queue in seconds (0: server default)");
+  if (int rc = ParseFlags("admit", flags, args); rc >= 0) return rc;
+  absl::StatusOr<kvgate::v1::Priority> p = ParsePriority(priority);
+  if (!p.ok()) return FailUsage("admit", p.status());
+  if (batch == 0 || batch > 100000 || prompt_tokens > UINT32_MAX ||
+      max_new_tokens > UINT32_MAX || max_queue_wait < 0) {
+    return FailUsage("admit", absl::InvalidArgumentError(
+                                  "--batch must be 1..100000, token counts "
+                                  "below 2^32, --max-queue-wait >= 0"));
+  }
+  kvgate::v1::AdmitRequest request;
+  request.set_request_id(request_id.empty() ? NewRequestId() : request_id);
+  request.set_model(model);
+  request.set_tenant(tenant);
+  request.set_priority(*p);
+  for (uint64_t i = 0; i < batch; ++i) {
+    kvgate::v1::Sequence* s = request.add_sequences();
+    s->set_prompt_tokens(static_cast<uint32_t>(prompt_tokens));
+    s->set_max_new_tokens(static_cast<uint32_t>(max_new_tokens));
+  }
+  if (max_queue_wait > 0) {
+    SetSeconds(max_queue_wait, request.mutable_max_queue_wait());
+  }
+  grpc::ClientContext context;
+  client.Arm(context);
+  kvgate::v1::AdmitResponse response;
+  grpc::Status status = client.Connect()->Admit(&context, request, &response);
+  if (!status.ok()) return RpcFailed("admit", status);
+  PrintAdmit(response, client.json);
+  return kExitOk;
+}
+
+int RunReleaseCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string lease_id;
+  FlagSet flags("release", "Release a lease (idempotent).");
+  client.Register(flags);
+  flags.AddString("lease-id", &lease_id, "the lease from `kvgate admit`");
+  if (int rc = ParseFlags("release", flags, args); rc >= 0) return rc;
+  if (lease_id.empty()) {
+    return FailUsage("release",
+                     absl::InvalidArgumentError("--lease-id is required"));
+  }
+  kvgate::v1::ReleaseRequest request;
+  request.set_lease_id(lease_id);
+  kvgate::v1::ReleaseResponse response;
+  grpc::ClientContext context;
+  client.Arm(context);
+  grpc::Status status = client.Connect()->Release(&context, request, &response);
+  if (!status.ok()) return RpcFailed("release", status);
+  if (client.json) {
+    PrintJson({{"released_bytes", response.released_bytes()}});
+  } else {
+    PrintTable("", {{"released", FormatBytes(response.released_bytes())}});
+  }
+  return kExitOk;
+}
+
+int RunRenewCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string lease_id;
+  FlagSet flags("renew", "Extend a live lease by the server's lease TTL.");
+  client.Register(flags);
+  flags.AddString("lease-id", &lease_id, "the lease from `kvgate admit`");
+  if (int rc = ParseFlags("renew", flags, args); rc >= 0) return rc;
+  if (lease_id.empty()) {
+    return FailUsage("renew", absl::InvalidArgumentError("--lease-id is required"));
+  }
+  kvgate::v1::RenewRequest request;
+  request.set_lease_id(lease_id);
+  kvgate::v1::RenewResponse response;
+  grpc::ClientContext context;
+  client.Arm(context);
+  grpc::Status status = client.Connect()->Renew(&context, request, &response);
+  if (!status.ok()) return RpcFailed("renew", status);
+  if (client.json) {
+    PrintJson({{"ttl_seconds", Seconds(response.ttl())}});
+  } else {
+    PrintTable("", {{"ttl", absl::StrFormat("%.1f s", Seconds(response.ttl()))}});
+  }
+  return kExitOk;
+}
+
+int RunBudgetCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string model = "llama-3-8b";
+  FlagSet flags("budget", "Show a model pool's memory budget.");
+  client.Register(flags);
+  flags.AddString("model", &model, "model name as configured in kvgated");
+  if (int rc = ParseFlags("budget", flags, args); rc >= 0) return rc;
+  kvgate::v1::GetBudgetRequest request;
+  request.set_model(model);
+  kvgate::v1::Budget response;
+  grpc::ClientContext context;
+  client.Arm(context);
+  grpc::Status status = client.Connect()->GetBudget(&context, request, &response);
+  if (!status.ok()) return RpcFailed("budget", status);
+  PrintBudget(response, client.json);
+  return kExitOk;
+}
+
+// A short scripted load that shows each kind of answer against the embedded
+// default: admits until the budget is full, a request that queues and is
+// admitted when memory is released, a queue timeout, a request that can
+// never fit, and a malformed one.
+int RunDemoCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string model = "llama-3-8b";
+  FlagSet flags("demo", "Run a short demonstration load against kvgated.");
+  client.Register(flags);
+  flags.AddString("model", &model, "model name as configured in kvgated");
+  if (int rc = ParseFlags("demo", flags, args); rc >= 0) return rc;
+  std::unique_ptr<Admission::Stub> stub = client.Connect();
+
+  auto budget = [&](kvgate::v1::Budget* b) {
+    grpc::ClientContext c;
+    client.Arm(c);
+    kvgate::v1::GetBudgetRequest r;
+    r.set_model(model);
+    return stub->GetBudget(&c, r, b);
+  };
+  auto admit = [&](const std::string& id, int batch, uint32_t prompt,
+                   uint32_t max_new, double wait, kvgate::v1::Priority priority,
+                   kvgate::v1::AdmitResponse* out) {
+    kvgate::v1::AdmitRequest r;
+    r.set_request_id(id);
+    r.set_model(model);
+    r.set_tenant(id.substr(0, 4));
+    r.set_priority(priority);
+    for (int i = 0; i < batch; ++i) {
+      auto* s = r.add_sequences();
+      s->set_prompt_tokens(prompt);
+      s->set_max_new_tokens(max_new);
+    }
+    if (wait > 0) {
+      SetSeconds(wait, r.mutable_max_queue_wait());
+    }
+    grpc::ClientContext c;
+    client.Arm(c);
+    return stub->Admit(&c, r, out);
+  };
+  auto release = [&](const std::string& lease) {
+    grpc::ClientContext c;
+    client.Arm(c);
+    kvgate::v1::ReleaseRequest r;
+    r.set_lease_id(lease);
+    kvgate::v1::ReleaseResponse out;
+    return stub->Release(&c, r, &out);
+  };
+  auto line = [](const std::string& what, const kvgate::v1::AdmitResponse& r) {
+    std::cout << absl::StrFormat(
+                     "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs",
+                     what, kvgate::v1::Decision_Name(r.decision()),
+                     r.reason().empty() ? "" : r.reason(),
+                     FormatBytes(r.reserved_bytes()), Seconds(r.queued_for()))
+              << (r.decision() == kvgate::v1::REJECTED && r.retry_after().nanos() + r.retry_after().seconds() > 0
+                      ? absl::StrFormat(" retry_after %.3fs", Seconds(r.retry_after()))
+                      : "")
+              << std::endl;
+  };
+
+  kvgate::v1::Budget b;
+  if (grpc::Status s = budget(&b); !s.ok()) return RpcFailed("demo", s);
+  std::cout << "kvgate demo against " << client.address << " model " << model
+            << "\n  capacity " << FormatBytes(b.capacity_bytes())
+            << ", weights " << FormatBytes(b.weights_bytes()) << std::endl;
+
+  // 1. Fill the budget with batches of 32 x (2048 + 2048) tokens.
+  std::vector<std::string> leases;
+  kvgate::v1::AdmitResponse r;
+  for (int i = 0; i < 64; ++i) {
+    const std::string id = absl::StrCat("fill-", i);
+    if (grpc::Status s = admit(id, 32, 2048, 2048, 0.05, kvgate::v1::STANDARD, &r);
+        !s.ok()) {
+      return RpcFailed("demo", s);
+    }
+    line(absl::StrCat("admit ", id, " (32 x 4096 tok)"), r);
+    if (r.decision() != kvgate::v1::ADMITTED) break;
+    leases.push_back(r.lease_id());
+  }
+  if (budget(&b).ok()) {
+    std::cout << "  budget: " << b.active_leases() << " leases, reserved "
+              << FormatBytes(b.reserved_bytes()) << ", free "
+              << FormatBytes(b.free_bytes()) << std::endl;
+  }
+
+  // 2. A request that waits in the queue until a lease is released.
+  kvgate::v1::AdmitResponse queued;
+  grpc::Status queued_status;
+  std::thread waiter([&] {
+    queued_status = admit("wait-1", 32, 2048, 2048, 5.0, kvgate::v1::CRITICAL,
+                          &queued);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  if (budget(&b).ok()) {
+    std::cout << "  queued requests: " << b.queued_requests()
+              << "; releasing " << (leases.empty() ? "nothing" : leases.front())
+              << std::endl;
+  }
+  if (!leases.empty()) {
+    release(leases.front());
+    leases.erase(leases.begin());
+  }
+  waiter.join();
+  if (!queued_status.ok()) return RpcFailed("demo", queued_status);
+  line("admit wait-1 (queued, CRITICAL)", queued);
+  if (queued.decision() == kvgate::v1::ADMITTED) leases.push_back(queued.lease_id());
+
+  // 3. A queue timeout, 4. a batch that can never fit, 5. a malformed one.
+  if (grpc::Status s = admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
+      s.ok()) {
+    line("admit late-1 (max_queue_wait 0.2s)", r);
+  }
+  if (grpc::Status s = admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
+      s.ok()) {
+    line("admit huge-1 (4096 x 8192 tok)", r);
+  }
+  grpc::Status bad = admit("bad-1", 1, 0, 16, 0, kvgate::v1::STANDARD, &r);
+  std::cout << absl::StrFormat("  %-34s -> gRPC ", "admit bad-1 (prompt_tokens 0)")
+            << static_cast<int>(bad.error_code()) << " "
+            << bad.error_message() << std::endl;
+
+  // Release everything: the budget returns to zero.
+  for (const std::string& lease : leases) release(lease);
+  if (budget(&b).ok()) {
+    std::cout << "  after releasing all: " << b.active_leases()
+              << " leases, reserved " << b.reserved_bytes() << " B"
+              << std::endl;
+  }
+  return kExitOk;
+}
+
+}  // namespace kvgate
