@@ -3,6 +3,7 @@
 // logs (docs/calibration/vllm-plan.md).
 #include "estimator/plan.h"
 
+#include <cctype>
 #include <cmath>
 #include <set>
 #include <string>
@@ -291,7 +292,15 @@ TEST_P(VllmCalibrationTest, KvTokensWithinFourPercentWithLoggedNonTorch) {
       << log.kv_tokens;
 }
 
-INSTANTIATE_TEST_SUITE_P(Logs, VllmCalibrationTest, ::testing::ValuesIn(kLogs));
+INSTANTIATE_TEST_SUITE_P(Logs, VllmCalibrationTest, ::testing::ValuesIn(kLogs),
+                         [](const ::testing::TestParamInfo<VllmLog>& info) {
+                           std::string name;
+                           for (char c : std::string(info.param.source)) {
+                             if (std::isalnum(static_cast<unsigned char>(c)))
+                               name += c;
+                           }
+                           return name;
+                         });
 
 // vllm-project/vllm#10517, --max-model-len 29000 on the RTX 3090: vLLM
 // refused to start (23,648 tokens of cache < 29,000). kvgate refuses too.
