@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "estimator/rules_of_thumb.h"
 #include "estimator/serving.h"
 #include "tools/cli_flags.h"
 #include "tools/cli_output.h"
@@ -12,6 +14,29 @@
 #include "tools/model_flags.h"
 
 namespace kvgate {
+namespace {
+
+// The seeds' inference rules (estimator/rules_of_thumb.h) beside the exact
+// total: P x 4 bytes, and M = P x 4B / (32 / Q) x 1.2 at the weights' bits.
+nlohmann::ordered_json QuickRules(uint64_t parameters, uint32_t bits,
+                                  uint64_t exact_total) {
+  nlohmann::ordered_json q;
+  q["inference_fp32_bytes"] = rules_of_thumb::InferenceBytesFp32(parameters);
+  q["weight_bits"] = bits;
+  const uint64_t serving =
+      rules_of_thumb::ServingBytesWithOverhead(parameters, bits);
+  q["serving_with_overhead_bytes"] = serving;
+  q["exact_total_bytes"] = exact_total;
+  q["difference_percent"] =
+      exact_total == 0 ? 0.0
+                       : 100.0 * (static_cast<double>(serving) -
+                                  static_cast<double>(exact_total)) /
+                             static_cast<double>(exact_total);
+  q["source"] = "seeds 001, 002: P x 4 B; P x 4B / (32/Q) x 1.2";
+  return q;
+}
+
+}  // namespace
 
 int RunEstimateCommand(const CommandArgs& args) {
   ModelFlags model;
@@ -19,6 +44,7 @@ int RunEstimateCommand(const CommandArgs& args) {
   uint64_t prompt_tokens = 1024;
   uint64_t max_new_tokens = 1024;
   bool share_prefix = false;
+  bool quick = false;
   FlagSet flags("estimate",
                 "Memory to serve a batch of sequences of a model: weights, KV "
                 "cache and the activation peak of its prefill, per GPU.");
@@ -29,6 +55,9 @@ int RunEstimateCommand(const CommandArgs& args) {
                   "tokens generated per sequence at most");
   flags.AddBool("share-prompt-prefix", &share_prefix,
                 "the sequences are samples of one prompt and share its KV");
+  flags.AddBool("quick", &quick,
+                "also print the seeds' rules of thumb (P x bytes, x1.2 "
+                "overhead) and how far they are from the exact estimate");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     return FailUsage("estimate", s);
   }
@@ -70,6 +99,7 @@ int RunEstimateCommand(const CommandArgs& args) {
   }
   const ParameterCounts& p = serving->parameters();
   const ModelSpec& m = serving->spec();
+  const uint32_t bits = DTypeBits(serving->quantization().dtype);
   if (model.json) {
     nlohmann::ordered_json j;
     j["model_type"] = m.model_type;
@@ -88,6 +118,7 @@ int RunEstimateCommand(const CommandArgs& args) {
     j["kv_cache_bytes"] = e.kv_cache_bytes;
     j["activation_bytes"] = e.activation_bytes;
     j["total_bytes"] = total;
+    if (quick) j["rules_of_thumb"] = QuickRules(p.total, bits, total);
     j["notes"] = m.notes;
     PrintJson(j);
     return kExitOk;
@@ -110,6 +141,18 @@ int RunEstimateCommand(const CommandArgs& args) {
                           " prompt + ", max_new_tokens, " new) tokens, TP ",
                           options->tensor_parallel),
              rows);
+  if (quick) {
+    const nlohmann::ordered_json q = QuickRules(p.total, bits, total);
+    PrintTable("seeds' rules of thumb vs the exact estimate",
+               {{"fp32 weights (4 B/param)",
+                 FormatBytes(q["inference_fp32_bytes"].get<uint64_t>())},
+                {absl::StrCat(bits, "-bit weights x 1.2"),
+                 FormatBytes(q["serving_with_overhead_bytes"].get<uint64_t>())},
+                {"exact total", FormatBytes(total)},
+                {"rule vs exact", absl::StrFormat(
+                                      "%+.1f%%", q["difference_percent"]
+                                                     .get<double>())}});
+  }
   for (const std::string& note : m.notes) std::cout << "  note: " << note << "\n";
   return kExitOk;
 }
