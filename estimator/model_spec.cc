@@ -115,6 +115,26 @@ constexpr std::array<Family, 18> kFamilies = {{
      SlidingPattern::kAllWhenSet, MoeStyle::kNone},
 }};
 
+// Values a family's Hugging Face config class supplies when config.json
+// omits the field. Gemma 3's multimodal checkpoints ship a sparse
+// text_config (google/gemma-3-4b-it names only hidden_size,
+// intermediate_size, num_hidden_layers, sliding_window); the rest come from
+// transformers' Gemma3TextConfig defaults.
+struct FieldDefault {
+  absl::string_view model_type;
+  absl::string_view field;
+  uint64_t value;
+};
+constexpr std::array<FieldDefault, 7> kFieldDefaults = {{
+    {"gemma3_text", "vocab_size", 262208},
+    {"gemma3_text", "num_attention_heads", 8},
+    {"gemma3_text", "num_key_value_heads", 4},
+    {"gemma3_text", "head_dim", 256},
+    {"gemma3_text", "max_position_embeddings", 131072},
+    {"gemma3_text", "sliding_window", 4096},
+    {"gemma3_text", "sliding_window_pattern", 6},
+}};
+
 const Family& FindFamily(absl::string_view model_type, bool* known) {
   for (const Family& f : kFamilies) {
     if (!f.model_type.empty() && f.model_type == model_type) {
@@ -443,6 +463,24 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
     spec.notes.push_back(
         "read the language model from text_config; vision or audio towers "
         "are not counted");
+  }
+  // Fill the family's defaults for fields the config omits.
+  Json with_defaults;
+  {
+    const std::string type = object->is_object() &&
+                                     object->contains("model_type") &&
+                                     (*object)["model_type"].is_string()
+                                 ? (*object)["model_type"].get<std::string>()
+                                 : "";
+    for (const FieldDefault& d : kFieldDefaults) {
+      if (d.model_type != type) continue;
+      const std::string field(d.field);
+      if (with_defaults.is_null()) with_defaults = *object;
+      if (!with_defaults.contains(field) || with_defaults[field].is_null()) {
+        with_defaults[field] = d.value;
+      }
+    }
+    if (!with_defaults.is_null()) object = &with_defaults;
   }
   const Fields f(*object);
   const Fields top(root);
