@@ -407,7 +407,6 @@ absl::StatusOr<TrainingEstimate> EstimateTraining(const ModelSpec& spec,
   const std::vector<LinearModule> modules = LinearModules(spec);
   std::vector<bool> targeted(modules.size(), false);
   uint64_t adapters = 0;
-  uint64_t adapter_tensors = 0;
   if (lora) {
     for (const std::string& target : o.lora_targets) {
       bool matched = false;
@@ -420,7 +419,6 @@ absl::StatusOr<TrainingEstimate> EstimateTraining(const ModelSpec& spec,
         adapters = c.Add(
             adapters,
             c.Mul(c.Mul(o.lora_rank, m.in_features + m.out_features), m.count));
-        adapter_tensors += 2 * m.count;
       }
       if (!matched) {
         std::vector<std::string> names;
@@ -625,7 +623,6 @@ absl::StatusOr<TrainingEstimate> EstimateTraining(const ModelSpec& spec,
   est.notes.push_back(
       "gradients are freed after each step (zero_grad(set_to_none=True)); "
       "with gradient accumulation they persist through the next forward");
-  (void)adapter_tensors;
   return est;
 }
 
