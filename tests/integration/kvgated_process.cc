@@ -1,0 +1,388 @@
+#include "tests/integration/kvgated_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace kvgate {
+namespace {
+
+std::atomic<int> next_unique_id{0};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+int ExitCode(int wait_status) {
+  if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+  if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+  return -1;
+}
+
+// posix_spawn (not fork: the test process runs gRPC threads) with stdout and
+// stderr sent to the given files.
+absl::StatusOr<pid_t> Spawn(const KvgatedProcess::Options& options,
+                            const std::string& stdout_path,
+                            const std::string& stderr_path) {
+  std::vector<std::string> argv_text = {options.binary};
+  argv_text.insert(argv_text.end(), options.args.begin(), options.args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_text) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  std::vector<std::string> env_text;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    bool overridden = false;
+    for (const auto& [name, value] : options.env) {
+      if (entry.compare(0, name.size() + 1, name + "=") == 0) overridden = true;
+    }
+    if (!overridden) env_text.push_back(entry);
+  }
+  for (const auto& [name, value] : options.env) {
+    env_text.push_back(name + "=" + value);
+  }
+  std::vector<char*> envp;
+  for (std::string& e : env_text) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
+                                   O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, stdout_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, options.binary.c_str(), &actions, nullptr,
+                             argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    return absl::InternalError(
+        absl::StrCat("posix_spawn ", options.binary, ": ", strerror(rc)));
+  }
+  return pid;
+}
+
+std::string TempPath(const std::string& suffix) {
+  return absl::StrCat(::testing::TempDir(), "kvgated_", getpid(), "_",
+                      next_unique_id.fetch_add(1), suffix);
+}
+
+grpc::ByteBuffer ToByteBuffer(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string FromByteBuffer(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const grpc::Slice& s : slices) {
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return out;
+}
+
+// A length-delimited protobuf field: tag, varint length, bytes. Enough for
+// the short strings the health and reflection requests carry.
+std::string LengthDelimited(int field, const std::string& bytes) {
+  std::string out;
+  out.push_back(static_cast<char>((field << 3) | 2));
+  size_t n = bytes.size();
+  do {
+    uint8_t b = n & 0x7f;
+    n >>= 7;
+    if (n != 0) b |= 0x80;
+    out.push_back(static_cast<char>(b));
+  } while (n != 0);
+  return out + bytes;
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      s.error_message());
+}
+
+void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+}  // namespace
+
+KvgatedProcess::KvgatedProcess(Options options, pid_t pid,
+                               std::string stdout_path, std::string stderr_path)
+    : options_(std::move(options)),
+      pid_(pid),
+      stdout_path_(std::move(stdout_path)),
+      stderr_path_(std::move(stderr_path)) {}
+
+absl::StatusOr<std::unique_ptr<KvgatedProcess>> KvgatedProcess::Start(
+    const Options& options) {
+  const std::string out = TempPath(".stdout");
+  const std::string err = TempPath(".stderr");
+  absl::StatusOr<pid_t> pid = Spawn(options, out, err);
+  if (!pid.ok()) return pid.status();
+  std::unique_ptr<KvgatedProcess> process(
+      new KvgatedProcess(options, *pid, out, err));
+  if (options.address.empty()) return process;
+
+  const absl::Time give_up = absl::Now() + options.start_timeout;
+  std::shared_ptr<grpc::Channel> channel = process->NewChannel();
+  absl::Status last = absl::UnavailableError("no health check answered yet");
+  while (absl::Now() < give_up) {
+    if (std::optional<int> code = process->WaitForExit(absl::ZeroDuration())) {
+      return absl::UnavailableError(
+          absl::StrCat("kvgated exited with code ", *code,
+                       " before serving; stderr:\n", process->Stderr()));
+    }
+    absl::StatusOr<int> health =
+        HealthCheck(channel, "", absl::Milliseconds(200));
+    if (health.ok() && *health == 1) return process;
+    last = health.ok()
+               ? absl::UnavailableError(absl::StrCat("health status ", *health))
+               : health.status();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("kvgated did not serve at ", options.address, " within ",
+                   absl::FormatDuration(options.start_timeout), " (",
+                   last.ToString(), "); stderr:\n", process->Stderr()));
+}
+
+absl::StatusOr<KvgatedProcess::Exit> KvgatedProcess::Run(
+    const Options& options, absl::Duration timeout) {
+  Options no_wait = options;
+  no_wait.address.clear();
+  absl::StatusOr<std::unique_ptr<KvgatedProcess>> process = Start(no_wait);
+  if (!process.ok()) return process.status();
+  if (std::optional<int> code = (*process)->WaitForExit(timeout)) {
+    return (*process)->Collect(*code);
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "kvgated still running after ", absl::FormatDuration(timeout),
+      "; stderr:\n", (*process)->Stderr()));
+}
+
+KvgatedProcess::~KvgatedProcess() {
+  if (!exited_) {
+    kill(pid_, SIGTERM);
+    if (!WaitForExit(options_.stop_timeout).has_value()) {
+      ADD_FAILURE() << "kvgated (pid " << pid_ << ") ignored SIGTERM for "
+                    << options_.stop_timeout << "; killing it. stderr:\n"
+                    << Stderr();
+      kill(pid_, SIGKILL);
+      WaitForExit(absl::InfiniteDuration());
+    }
+  }
+  std::remove(stdout_path_.c_str());
+  std::remove(stderr_path_.c_str());
+}
+
+std::shared_ptr<grpc::Channel> KvgatedProcess::NewChannel() const {
+  grpc::ChannelArguments args;
+  // Reconnect quickly: the server may not be listening yet.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 100);
+  // Keep this channel's connection state apart from other tests' channels.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(options_.address,
+                                   grpc::InsecureChannelCredentials(), args);
+}
+
+absl::StatusOr<KvgatedProcess::Exit> KvgatedProcess::SignalAndWait(
+    int signal, absl::Duration timeout) {
+  if (exited_) return absl::FailedPreconditionError("already exited");
+  kill(pid_, signal);
+  if (std::optional<int> code = WaitForExit(timeout)) return Collect(*code);
+  return absl::DeadlineExceededError(absl::StrCat("kvgated still running ",
+                                                  absl::FormatDuration(timeout),
+                                                  " after signal ", signal));
+}
+
+std::string KvgatedProcess::Stderr() const { return ReadFile(stderr_path_); }
+
+std::optional<int> KvgatedProcess::WaitForExit(absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      exited_ = true;
+      return ExitCode(status);
+    }
+    if (r < 0 && errno != EINTR) {
+      exited_ = true;
+      return -1;
+    }
+    if (absl::Now() >= give_up) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+KvgatedProcess::Exit KvgatedProcess::Collect(int code) const {
+  return Exit{code, ReadFile(stdout_path_), ReadFile(stderr_path_)};
+}
+
+absl::StatusOr<int> FreeTcpPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError(strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    const std::string error = strerror(errno);
+    close(fd);
+    return absl::InternalError(error);
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string UniqueUnixAddress(const std::string& tag) {
+  const std::string path =
+      absl::StrCat("/tmp/kvgated_test_", getpid(), "_",
+                   next_unique_id.fetch_add(1), "_", tag, ".sock");
+  unlink(path.c_str());
+  return "unix:" + path;
+}
+
+std::string WriteTempFile(const std::string& suffix, const std::string& text) {
+  const std::string path = TempPath(suffix);
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  EXPECT_TRUE(out.good()) << "cannot write " << path;
+  return path;
+}
+
+absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& service,
+                                absl::Duration timeout) {
+  // HealthCheckRequest { string service = 1; }
+  const grpc::ByteBuffer request =
+      ToByteBuffer(service.empty() ? "" : LengthDelimited(1, service));
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  SetDeadline(context, timeout);
+  grpc::GenericStub stub(channel);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                 &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  const grpc::Status status = done.get_future().get();
+  if (!status.ok()) return FromGrpc(status);
+  // HealthCheckResponse { ServingStatus status = 1; }; absent means 0.
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromString(FromByteBuffer(response))) {
+    return absl::DataLossError("unparsable HealthCheckResponse");
+  }
+  int serving = 0;
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::UnknownField& f = fields.field(i);
+    if (f.number() == 1 &&
+        f.type() == google::protobuf::UnknownField::TYPE_VARINT) {
+      serving = static_cast<int>(f.varint());
+    }
+  }
+  return serving;
+}
+
+absl::StatusOr<std::vector<std::string>> ReflectionListServices(
+    const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
+  grpc::CompletionQueue cq;
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext context;
+  SetDeadline(context, timeout);
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(
+      &context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  if (call == nullptr) return absl::InternalError("PrepareCall failed");
+  // Each step posts one tag; wait for it in order.
+  auto step = [&cq](void* tag) {
+    void* got = nullptr;
+    bool ok = false;
+    return cq.Next(&got, &ok) && got == tag && ok;
+  };
+  int tags[5];
+  // ServerReflectionRequest { string list_services = 7; }
+  const grpc::ByteBuffer request = ToByteBuffer(LengthDelimited(7, "*"));
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  bool ok = true;
+  call->StartCall(&tags[0]);
+  ok = ok && step(&tags[0]);
+  if (ok) call->Write(request, &tags[1]);
+  ok = ok && step(&tags[1]);
+  if (ok) call->WritesDone(&tags[2]);
+  ok = ok && step(&tags[2]);
+  bool read = false;
+  if (ok) {
+    call->Read(&response, &tags[3]);
+    read = step(&tags[3]);
+  }
+  call->Finish(&status, &tags[4]);
+  step(&tags[4]);
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool drained_ok = false;
+  while (cq.Next(&tag, &drained_ok)) {
+  }
+  if (!status.ok()) return FromGrpc(status);
+  if (!ok || !read) return absl::UnknownError("reflection stream failed");
+
+  // ServerReflectionResponse { ListServiceResponse list_services_response = 6 }
+  // ListServiceResponse { repeated ServiceResponse service = 1; }
+  // ServiceResponse { string name = 1; }
+  google::protobuf::UnknownFieldSet top;
+  if (!top.ParseFromString(FromByteBuffer(response))) {
+    return absl::DataLossError("unparsable ServerReflectionResponse");
+  }
+  std::vector<std::string> names;
+  for (int i = 0; i < top.field_count(); ++i) {
+    if (top.field(i).number() != 6) continue;
+    google::protobuf::UnknownFieldSet list;
+    if (!list.ParseFromString(top.field(i).length_delimited())) continue;
+    for (int j = 0; j < list.field_count(); ++j) {
+      if (list.field(j).number() != 1) continue;
+      google::protobuf::UnknownFieldSet service;
+      if (!service.ParseFromString(list.field(j).length_delimited())) continue;
+      for (int k = 0; k < service.field_count(); ++k) {
+        if (service.field(k).number() == 1) {
+          names.push_back(service.field(k).length_delimited());
+        }
+      }
+    }
+  }
+  return names;
+}
+
+}  // namespace kvgate
