@@ -46,12 +46,14 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   if (!m.config_path().empty() && !m.preset().empty()) {
     return Invalid(field, "set config_path or preset, not both");
   }
-  const std::string source = !m.config_path().empty() ? m.config_path()
-                             : !m.preset().empty()    ? m.preset()
-                                                      : kDefaultPreset;
+  // A model named without a source must not silently become the default
+  // preset (the wrong capacity for whatever the user meant).
+  if (m.config_path().empty() && m.preset().empty()) {
+    return Invalid(field, "set config_path or preset");
+  }
   absl::StatusOr<ModelSpec> spec = !m.config_path().empty()
                                        ? LoadModelConfig(m.config_path())
-                                       : LoadPreset(source);
+                                       : LoadPreset(m.preset());
   if (!spec.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat(field, ": ", spec.status().message()));

@@ -248,6 +248,8 @@ INSTANTIATE_TEST_SUITE_P(
                     "models { name: \"a\" preset: \"gpt2\" "
                     "config_path: \"/x.json\" }",
                     "models[0]: set config_path or preset, not both"},
+        InvalidCase{"NeitherPresetNorConfigPath", "models { name: \"a\" }",
+                    "models[0]: set config_path or preset"},
         InvalidCase{"UnknownPreset", "models { name: \"a\" preset: \"gpt-9\" }",
                     "models[0]"},
         InvalidCase{"MissingConfigPath",
