@@ -153,7 +153,6 @@ absl::StatusOr<std::unique_ptr<KvgatedProcess>> KvgatedProcess::Start(
   if (options.address.empty()) return process;
 
   const absl::Time give_up = absl::Now() + options.start_timeout;
-  std::shared_ptr<grpc::Channel> channel = process->NewChannel();
   absl::Status last = absl::UnavailableError("no health check answered yet");
   while (absl::Now() < give_up) {
     if (std::optional<int> code = process->WaitForExit(absl::ZeroDuration())) {
@@ -161,8 +160,10 @@ absl::StatusOr<std::unique_ptr<KvgatedProcess>> KvgatedProcess::Start(
           absl::StrCat("kvgated exited with code ", *code,
                        " before serving; stderr:\n", process->Stderr()));
     }
+    // A fresh channel per attempt connects at once, where a reused one
+    // would wait out its reconnect backoff.
     absl::StatusOr<int> health =
-        HealthCheck(channel, "", absl::Milliseconds(200));
+        HealthCheck(process->NewChannel(), "", absl::Milliseconds(200));
     if (health.ok() && *health == 1) return process;
     last = health.ok()
                ? absl::UnavailableError(absl::StrCat("health status ", *health))

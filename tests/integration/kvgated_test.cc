@@ -7,10 +7,13 @@
 // own Estimate RPC, asked once per test suite, so nothing here hard-codes
 // estimator figures.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -649,6 +652,23 @@ TEST_F(KvgatedTest, SecondKvgatedOnTheSameTcpPortFails) {
   EXPECT_NE(exit->code, 0);
   EXPECT_THAT(exit->stderr_text, HasSubstr("in use"));
   AdmitOrFail("still-serving");
+}
+
+TEST_F(KvgatedTest, StaleUnixSocketFileIsReplaced) {
+  // A socket file that nothing listens on, as a crashed kvgated leaves it.
+  const std::string address = UniqueUnixAddress("stale");
+  const std::string path = address.substr(5);
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  close(fd);
+  ASSERT_EQ(access(path.c_str(), F_OK), 0);
+
+  StartServer(PoolConfig(shape_, shape_.CapacityFor(1)), address);
+  AdmitOrFail("after-stale");
 }
 
 TEST_F(KvgatedTest, SigtermAnswersQueuedAdmitDrainingAndExitsZero) {
