@@ -18,6 +18,8 @@ BUILD_PACKAGES=(
   libgtest-dev libgmock-dev googletest
   libbenchmark-dev
   prometheus
+  python3 python3-grpcio python3-protobuf python3-fastapi python3-starlette
+  python3-uvicorn python3-httpx python3-pytest
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
