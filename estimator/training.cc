@@ -538,8 +538,12 @@ absl::StatusOr<TrainingEstimate> EstimateTraining(const ModelSpec& spec,
     // every matmul weight, the lm_head (or tied embedding) included. Under
     // full recompute only the lm_head's and one layer's are alive.
     const uint64_t lm = spec.vocab_size * h / o.tensor_parallel;
+    // QLoRA's 4-bit base weights are dequantized per op and not saved for
+    // backward (bitsandbytes keeps the packed weights), so only the lm_head
+    // is cast and kept.
     const uint64_t layers_linear =
-        o.recompute == Recompute::kFull
+        o.qlora ? 0
+        : o.recompute == Recompute::kFull
             ? layer.linear_params
             : c.Mul(layer.linear_params, layers_per_stage);
     est.autocast_weight_copy_bytes = c.Mul(c.Add(lm, layers_linear), 2);

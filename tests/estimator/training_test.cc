@@ -96,6 +96,20 @@ TEST(TrainingTest, QloraStoresTheBaseInFourBits) {
   EXPECT_LT(Estimate(spec, o).weights_bytes, bf16);
 }
 
+TEST(TrainingTest, QloraUnderAmpKeepsOnlyTheLmHeadCast) {
+  // The 4-bit base is dequantized per op and not saved for backward; only
+  // the (16-bit) lm_head's autocast copy stays alive.
+  const ModelSpec spec = Qwen();
+  TrainingOptions o;
+  o.precision = Precision::kAmpBf16;
+  o.lora_rank = 16;
+  const uint64_t lora = Estimate(spec, o).autocast_weight_copy_bytes;
+  o.qlora = true;
+  EXPECT_EQ(Estimate(spec, o).autocast_weight_copy_bytes,
+            spec.vocab_size * spec.hidden_size * 2);
+  EXPECT_LT(spec.vocab_size * spec.hidden_size * 2, lora);
+}
+
 TEST(TrainingTest, ZeroStagesShardStatesAcrossDataParallel) {
   const ModelSpec spec = Qwen();
   TrainingOptions o;
