@@ -20,6 +20,7 @@ BUILD_PACKAGES=(
   prometheus
   python3 python3-grpcio python3-protobuf python3-fastapi python3-starlette
   python3-uvicorn python3-httpx python3-pytest
+  yamllint python3-yaml
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
