@@ -10,7 +10,9 @@
 // Start returns once the server's grpc.health.v1 service answers SERVING at
 // `address` (or fails with the captured stderr when the process exits first
 // or the wait times out). The child's stdout and stderr go to temporary
-// files. Destruction sends SIGTERM, waits a bounded time, then SIGKILLs.
+// files. Destruction sends SIGTERM, waits a bounded time, then SIGKILLs; the
+// child is also SIGKILLed if the thread that started it dies (start it from
+// the test's main thread), so a killed test leaves no kvgated running.
 //
 // The health and reflection clients at the bottom speak the wire format by
 // hand through grpc::GenericStub, since no generated stubs for those services
