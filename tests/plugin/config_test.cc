@@ -20,15 +20,22 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Writes `text` to a file named `name` in the test's temporary directory and
-// returns its path.
-std::string WriteTempFile(const std::string& name, const std::string& text) {
-  const std::string path = ::testing::TempDir() + "config_test_" + name;
-  std::ofstream out(path, std::ios::trunc);
-  out << text;
-  EXPECT_TRUE(out.good()) << "cannot write " << path;
-  return path;
-}
+// A file named `name` in the test's temporary directory holding `text`,
+// removed when this goes out of scope.
+class TempFile {
+ public:
+  TempFile(const std::string& name, const std::string& text)
+      : path_(::testing::TempDir() + "config_test_" + name) {
+    std::ofstream out(path_, std::ios::trunc);
+    out << text;
+    EXPECT_TRUE(out.good()) << "cannot write " << path_;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 kvgate::v1::ServerConfig ParseText(const std::string& text) {
   kvgate::v1::ServerConfig config;
@@ -103,7 +110,8 @@ constexpr char kSmallTextConfig[] = R"pb(
 )pb";
 
 TEST(ReadServerConfigTest, ReadsTextFormat) {
-  const std::string path = WriteTempFile("small.textproto", kSmallTextConfig);
+  const TempFile file("small.textproto", kSmallTextConfig);
+  const std::string& path = file.path();
   absl::StatusOr<kvgate::v1::ServerConfig> config = ReadServerConfig(path);
   ASSERT_TRUE(config.ok()) << config.status();
   absl::StatusOr<ServerSettings> s = ResolveServerConfig(*config);
@@ -130,7 +138,7 @@ TEST(ReadServerConfigTest, ReadsTextFormat) {
 }
 
 TEST(ReadServerConfigTest, ReadsJsonByExtension) {
-  const std::string path = WriteTempFile("small.json", R"json({
+  const TempFile file("small.json", R"json({
     "grpcAddress": "unix:/tmp/kvgate-json.sock",
     "models": [{"name": "qwen", "preset": "qwen2.5-0.5b", "blockSize": 8,
                 "gpus": ["GPU-abc"]}],
@@ -142,6 +150,7 @@ TEST(ReadServerConfigTest, ReadsJsonByExtension) {
     "tenantWeights": {"a": 1, "b": 3},
     "leaseTtl": "60s"
   })json");
+  const std::string& path = file.path();
   absl::StatusOr<kvgate::v1::ServerConfig> config = ReadServerConfig(path);
   ASSERT_TRUE(config.ok()) << config.status();
   absl::StatusOr<ServerSettings> s = ResolveServerConfig(*config);
@@ -163,9 +172,10 @@ TEST(ReadServerConfigTest, ReadsJsonByExtension) {
 }
 
 TEST(ReadServerConfigTest, TextFormatErrorGivesLineAndColumn) {
-  const std::string path = WriteTempFile("bad.textproto",
-                                         "grpc_address: \"unix:/tmp/x\"\n"
-                                         "models { nmae: \"x\" }\n");
+  const TempFile file("bad.textproto",
+                      "grpc_address: \"unix:/tmp/x\"\n"
+                      "models { nmae: \"x\" }\n");
+  const std::string& path = file.path();
   absl::StatusOr<kvgate::v1::ServerConfig> config = ReadServerConfig(path);
   ASSERT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(config.status().message(), HasSubstr(path));
