@@ -20,7 +20,7 @@
 namespace kvgate {
 namespace {
 
-constexpr uint64_t kCapacity = uint64_t{64} << 30;  // 64 GiB
+constexpr uint64_t kCapacity = uint64_t{64} << 30;   // 64 GiB
 constexpr uint64_t kRequestKv = uint64_t{32} << 20;  // a 256-token llama-3-8b
 constexpr uint64_t kRequestActivation = uint64_t{8} << 20;
 
@@ -48,8 +48,8 @@ AdmitTicket Ticket(std::string request_id, Priority priority, uint64_t kv) {
 // Admits one ticket and returns its lease id ("" if it was not admitted).
 std::string AdmitNow(Controller& controller, AdmitTicket ticket) {
   std::string lease;
-  absl::StatusOr<uint64_t> handle = controller.Admit(
-      std::move(ticket), [&lease](AdmitOutcome outcome) {
+  absl::StatusOr<uint64_t> handle =
+      controller.Admit(std::move(ticket), [&lease](AdmitOutcome outcome) {
         if (outcome.admitted) lease = std::move(outcome.lease_id);
       });
   if (!handle.ok()) std::abort();
@@ -64,10 +64,10 @@ std::string FillAndQueue(Controller& controller, int64_t queued) {
                          kCapacity - 2 * kRequestKv - kRequestActivation));
   if (blocker.empty()) std::abort();
   for (int64_t i = 0; i < queued; ++i) {
-    absl::StatusOr<uint64_t> handle = controller.Admit(
-        Ticket(absl::StrCat("queued-", i), Priority::kSheddable,
-               4 * kRequestKv),
-        [](AdmitOutcome) {});
+    absl::StatusOr<uint64_t> handle =
+        controller.Admit(Ticket(absl::StrCat("queued-", i),
+                                Priority::kSheddable, 4 * kRequestKv),
+                         [](AdmitOutcome) {});
     if (!handle.ok() || *handle == 0) std::abort();
   }
   if (controller.Snapshot().queued_requests != queued) std::abort();
@@ -132,8 +132,9 @@ void TearDownShared(const benchmark::State&) {
 void BM_AdmitReleaseContended(benchmark::State& state) {
   const std::string request_id = absl::StrCat("thread-", state.thread_index());
   for (auto _ : state) {
-    std::string lease = AdmitNow(
-        *shared_controller, Ticket(request_id, Priority::kStandard, kRequestKv));
+    std::string lease =
+        AdmitNow(*shared_controller,
+                 Ticket(request_id, Priority::kStandard, kRequestKv));
     absl::StatusOr<uint64_t> freed = shared_controller->Release(lease);
     benchmark::DoNotOptimize(freed);
   }

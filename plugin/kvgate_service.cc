@@ -52,7 +52,7 @@ Status ToShapes(const Seqs& sequences, int max_sequences, Shapes* out) {
 }
 
 Status EstimateShapes(const ModelPool& pool, const Shapes& shapes,
-                BatchEstimate* estimate) {
+                      BatchEstimate* estimate) {
   absl::Status s = pool.model().EstimateBatch(shapes, estimate);
   if (!s.ok()) return FromAbsl(s);
   return Status::OK;
@@ -73,80 +73,103 @@ absl::StatusOr<Priority> ToPriority(int value) {
   }
 }
 
+// Fills an AdmitResponse from the controller's answer; the gRPC status of
+// the call (CANCELLED for a request cancelled while queued, else OK).
+Status ToResponse(AdmitOutcome outcome, kvgate::v1::AdmitResponse* response) {
+  if (outcome.reason == RejectReason::kCancelled) {
+    return Status(StatusCode::CANCELLED, "cancelled while queued");
+  }
+  response->set_decision(outcome.admitted ? kvgate::v1::ADMITTED
+                                          : kvgate::v1::REJECTED);
+  response->set_lease_id(std::move(outcome.lease_id));
+  response->set_reason(std::string(RejectReasonName(outcome.reason)));
+  response->set_reserved_bytes(outcome.reserved_bytes);
+  if (!outcome.admitted) {
+    ToProto(outcome.retry_after, response->mutable_retry_after());
+  }
+  ToProto(outcome.queued_for, response->mutable_queued_for());
+  response->set_message(std::move(outcome.message));
+  return Status::OK;
+}
+
 }  // namespace
 
-// A unary reactor that may wait in a controller's queue. The controller's
-// callback fills the response and finishes the call, from whichever thread
-// answers it; a client cancel (or an expired gRPC deadline) takes the entry
-// out of the queue.
+// One Admit between the handler and the controller's callback. The callback
+// runs either before the handler has looked (the common case: decided at
+// once, on the handler's thread, or on another thread that freed bytes in the
+// meantime) and leaves the outcome here, or after the handler has handed the
+// call to an AdmitReactor, which it then finishes.
+//
+// Why two paths: a custom reactor's OnDone is scheduled on gRPC's executor
+// thread (a thread hop per call, measured at about 7 us of server CPU per
+// Admit on a 2-core machine, see bench/RESULTS.md), whereas the default
+// reactor finishes inline. Only a request that waits in the queue needs a
+// reactor of its own (for OnCancel).
+struct AdmissionService::AdmitCall {
+  enum State { kPending, kAnswered, kHandedOver };
+  std::atomic<int> state{kPending};
+  AdmitOutcome outcome;             // set by the callback before kAnswered
+  AdmitReactor* reactor = nullptr;  // set by the handler before kHandedOver
+};
+
+// A unary reactor for an Admit that waits in a controller's queue. The
+// controller's callback fills the response and finishes the call, from
+// whichever thread answers it; a client cancel (or an expired gRPC deadline)
+// takes the entry out of the queue. Owns its AdmitCall.
 class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
  public:
-  AdmitReactor(Controller* controller, KvgateMetrics* metrics, Clock* clock,
-               kvgate::v1::AdmitResponse* response)
-      : controller_(controller),
+  AdmitReactor(std::unique_ptr<AdmitCall> call, Controller* controller,
+               uint64_t handle, KvgateMetrics* metrics, Clock* clock,
+               absl::Time start, kvgate::v1::AdmitResponse* response)
+      : call_(std::move(call)),
+        controller_(controller),
+        handle_(handle),
         metrics_(metrics),
         clock_(clock),
-        start_(clock->Now()),
+        start_(start),
         response_(response) {}
 
-  // Hands the ticket to the controller; the reactor finishes itself.
-  void Start(AdmitTicket ticket) {
-    absl::StatusOr<uint64_t> handle = controller_->Admit(
-        std::move(ticket),
-        [this](AdmitOutcome outcome) { Answer(std::move(outcome)); });
-    if (!handle.ok()) {
-      FinishOnce(FromAbsl(handle.status()));
-      return;
-    }
-    handle_.store(*handle, std::memory_order_release);
-    // A cancel that arrived before the handle was known.
-    if (*handle != 0 && cancelled_.load(std::memory_order_acquire)) {
-      controller_->Cancel(*handle);
-    }
-  }
-
-  void OnCancel() override {
-    cancelled_.store(true, std::memory_order_release);
-    const uint64_t handle = handle_.load(std::memory_order_acquire);
-    if (handle != 0) controller_->Cancel(handle);
-  }
-
+  void OnCancel() override { controller_->Cancel(handle_); }
   void OnDone() override { delete this; }
 
- private:
-  void Answer(AdmitOutcome outcome) {
-    if (outcome.reason == RejectReason::kCancelled) {
-      FinishOnce(Status(StatusCode::CANCELLED, "cancelled while queued"));
-      return;
-    }
-    response_->set_decision(outcome.admitted ? kvgate::v1::ADMITTED
-                                             : kvgate::v1::REJECTED);
-    response_->set_lease_id(std::move(outcome.lease_id));
-    response_->set_reason(std::string(RejectReasonName(outcome.reason)));
-    response_->set_reserved_bytes(outcome.reserved_bytes);
-    if (!outcome.admitted) ToProto(outcome.retry_after, response_->mutable_retry_after());
-    ToProto(outcome.queued_for, response_->mutable_queued_for());
-    response_->set_message(std::move(outcome.message));
-    FinishOnce(Status::OK);
-  }
+  // For a reactor that was never returned to gRPC.
+  std::unique_ptr<AdmitCall> TakeCall() { return std::move(call_); }
 
-  void FinishOnce(const Status& status) {
-    if (metrics_ != nullptr) metrics_->ObserveAdmitDuration(clock_->Now() - start_);
+  void Answer(AdmitOutcome outcome) {
+    const Status status = ToResponse(std::move(outcome), response_);
+    if (metrics_ != nullptr) {
+      metrics_->ObserveAdmitDuration(clock_->Now() - start_);
+    }
     Finish(status);
   }
 
+ private:
+  std::unique_ptr<AdmitCall> call_;
   Controller* const controller_;
+  const uint64_t handle_;
   KvgateMetrics* const metrics_;
   Clock* const clock_;
   const absl::Time start_;
   kvgate::v1::AdmitResponse* const response_;
-  std::atomic<uint64_t> handle_{0};
-  std::atomic<bool> cancelled_{false};
 };
 
 AdmissionService::AdmissionService(const ModelRegistry* registry, Clock* clock,
                                    KvgateMetrics* metrics, Options options)
-    : registry_(registry), clock_(clock), metrics_(metrics), options_(options) {}
+    : registry_(registry),
+      clock_(clock),
+      metrics_(metrics),
+      options_(options) {}
+
+Status AdmissionService::Authorize(grpc::CallbackServerContext* context,
+                                   CallerIdentity* caller) const {
+  if (options_.authenticator == nullptr) return Status::OK;
+  absl::StatusOr<CallerIdentity> identity =
+      options_.authenticator->Authenticate(context->auth_context().get(),
+                                           context->client_metadata());
+  if (!identity.ok()) return FromAbsl(identity.status());
+  if (caller != nullptr) *caller = *std::move(identity);
+  return Status::OK;
+}
 
 Status AdmissionService::FindPool(const std::string& model,
                                   ModelPool** pool) const {
@@ -168,7 +191,9 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
     const kvgate::v1::AdmitRequest* request,
     kvgate::v1::AdmitResponse* response) {
   ModelPool* pool = nullptr;
-  Status status = FindPool(request->model(), &pool);
+  CallerIdentity caller;
+  Status status = Authorize(context, &caller);
+  if (status.ok()) status = FindPool(request->model(), &pool);
   AdmitTicket ticket;
   Shapes shapes;
   BatchEstimate estimate;
@@ -186,6 +211,11 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
       status = FromAbsl(priority.status());
     } else {
       ticket.priority = *priority;
+      // CRITICAL jumps the queue and sheds others: only for callers allowed.
+      if (options_.authenticator != nullptr && !caller.allow_critical &&
+          ticket.priority == Priority::kCritical) {
+        ticket.priority = Priority::kStandard;
+      }
     }
   }
   if (status.ok() && request->has_max_queue_wait() &&
@@ -193,19 +223,19 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
        request->max_queue_wait().nanos() < 0)) {
     status = Invalid("max_queue_wait: must not be negative");
   }
-  if (status.ok()) status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
+  if (status.ok())
+    status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
   if (status.ok()) status = EstimateShapes(*pool, shapes, &estimate);
 
-  AdmitReactor* reactor =
-      new AdmitReactor(pool != nullptr ? &pool->controller() : nullptr,
-                       metrics_, clock_, response);
   if (!status.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(status);
     return reactor;
   }
   const absl::Time now = clock_->Now();
   ticket.request_id = request->request_id();
-  ticket.tenant = request->tenant();
+  ticket.tenant = options_.authenticator != nullptr ? std::move(caller.tenant)
+                                                    : request->tenant();
   ticket.cost.kv_bytes = estimate.kv_cache_bytes;
   ticket.cost.activation_bytes = estimate.activation_bytes;
   // The deadline is the earlier of the gRPC deadline and max_queue_wait;
@@ -229,10 +259,50 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
     response->set_decision(kvgate::v1::REJECTED);
     response->set_reason("DRAINING");
     response->set_message("kvgated is shutting down");
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(Status::OK);
     return reactor;
   }
-  reactor->Start(std::move(ticket));
+
+  auto call = std::make_unique<AdmitCall>();
+  AdmitCall* raw = call.get();
+  Controller& controller = pool->controller();
+  absl::StatusOr<uint64_t> handle =
+      controller.Admit(std::move(ticket), [raw](AdmitOutcome outcome) {
+        raw->outcome = std::move(outcome);
+        int expected = AdmitCall::kPending;
+        if (raw->state.compare_exchange_strong(expected, AdmitCall::kAnswered,
+                                               std::memory_order_acq_rel)) {
+          return;  // the handler picks the outcome up
+        }
+        // Handed over: the reactor (which owns `raw`) finishes the call.
+        raw->reactor->Answer(std::move(raw->outcome));
+      });
+  Status answer_status;
+  if (!handle.ok()) {
+    // The callback never runs.
+    answer_status = FromAbsl(handle.status());
+  } else if (call->state.load(std::memory_order_acquire) !=
+             AdmitCall::kAnswered) {
+    // Queued: hand over to a reactor of its own, unless the answer arrives
+    // from another thread in the meantime.
+    auto* reactor = new AdmitReactor(std::move(call), &controller, *handle,
+                                     metrics_, clock_, now, response);
+    raw->reactor = reactor;
+    int expected = AdmitCall::kPending;
+    if (raw->state.compare_exchange_strong(expected, AdmitCall::kHandedOver,
+                                           std::memory_order_acq_rel)) {
+      return reactor;
+    }
+    // Answered after all: the reactor was never returned to gRPC.
+    call = reactor->TakeCall();
+    delete reactor;
+  }
+  if (handle.ok())
+    answer_status = ToResponse(std::move(call->outcome), response);
+  if (metrics_ != nullptr) metrics_->ObserveAdmitDuration(clock_->Now() - now);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(answer_status);
   return reactor;
 }
 
@@ -241,6 +311,10 @@ grpc::ServerUnaryReactor* AdmissionService::Release(
     const kvgate::v1::ReleaseRequest* request,
     kvgate::v1::ReleaseResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status auth = Authorize(context, nullptr); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   if (request->lease_id().empty()) {
     reactor->Finish(Invalid("lease_id: is required"));
     return reactor;
@@ -252,7 +326,8 @@ grpc::ServerUnaryReactor* AdmissionService::Release(
   // Lease ids are unique per controller; a pool that never issued the id
   // answers NotFound and the next one is asked.
   for (const auto& pool : registry_->pools()) {
-    absl::StatusOr<uint64_t> freed = pool->controller().Release(request->lease_id());
+    absl::StatusOr<uint64_t> freed =
+        pool->controller().Release(request->lease_id());
     if (freed.ok()) {
       response->set_released_bytes(*freed);
       reactor->Finish(Status::OK);
@@ -272,6 +347,10 @@ grpc::ServerUnaryReactor* AdmissionService::Renew(
     const kvgate::v1::RenewRequest* request,
     kvgate::v1::RenewResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status auth = Authorize(context, nullptr); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   if (request->lease_id().empty()) {
     reactor->Finish(Invalid("lease_id: is required"));
     return reactor;
@@ -281,7 +360,8 @@ grpc::ServerUnaryReactor* AdmissionService::Renew(
     return reactor;
   }
   for (const auto& pool : registry_->pools()) {
-    absl::StatusOr<absl::Duration> ttl = pool->controller().Renew(request->lease_id());
+    absl::StatusOr<absl::Duration> ttl =
+        pool->controller().Renew(request->lease_id());
     if (ttl.ok()) {
       ToProto(*ttl, response->mutable_ttl());
       reactor->Finish(Status::OK);
@@ -295,11 +375,11 @@ grpc::ServerUnaryReactor* AdmissionService::Renew(
 
 grpc::ServerUnaryReactor* AdmissionService::GetBudget(
     grpc::CallbackServerContext* context,
-    const kvgate::v1::GetBudgetRequest* request,
-    kvgate::v1::Budget* response) {
+    const kvgate::v1::GetBudgetRequest* request, kvgate::v1::Budget* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   ModelPool* pool = nullptr;
-  Status status = FindPool(request->model(), &pool);
+  Status status = Authorize(context, nullptr);
+  if (status.ok()) status = FindPool(request->model(), &pool);
   if (!status.ok()) {
     reactor->Finish(status);
     return reactor;
@@ -325,14 +405,17 @@ grpc::ServerUnaryReactor* AdmissionService::Estimate(
   ModelPool* pool = nullptr;
   Shapes shapes;
   BatchEstimate estimate;
-  Status status = FindPool(request->model(), &pool);
-  if (status.ok()) status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
+  Status status = Authorize(context, nullptr);
+  if (status.ok()) status = FindPool(request->model(), &pool);
+  if (status.ok())
+    status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
   if (status.ok()) status = EstimateShapes(*pool, shapes, &estimate);
   if (status.ok()) {
     response->set_kv_cache_bytes(estimate.kv_cache_bytes);
     response->set_activation_bytes(estimate.activation_bytes);
     response->set_total_bytes(estimate.total_bytes);
-    response->set_kv_cache_bytes_per_token(pool->model().kv_cache_bytes_per_token());
+    response->set_kv_cache_bytes_per_token(
+        pool->model().kv_cache_bytes_per_token());
     response->set_kv_cache_tokens(estimate.kv_cache_tokens);
     response->set_weights_bytes(pool->model().weights_bytes());
   }

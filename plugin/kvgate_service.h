@@ -14,6 +14,7 @@
 #include "grpcpp/grpcpp.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "metrics/metrics.h"
+#include "plugin/auth.h"
 #include "plugin/clock.h"
 #include "plugin/model_pool.h"
 
@@ -26,6 +27,12 @@ class AdmissionService final : public kvgate::v1::Admission::CallbackService {
     int max_sequences = 4096;
     // Longest request_id, tenant and model accepted.
     size_t max_id_bytes = 128;
+    // When set (must outlive the service), every Admission call must
+    // authenticate (UNAUTHENTICATED otherwise); an Admit is accounted to the
+    // caller's tenant, whatever its tenant field says, and its CRITICAL
+    // priority is served as STANDARD unless the caller may use CRITICAL.
+    // Null: callers are trusted as they say.
+    const Authenticator* authenticator = nullptr;
   };
 
   // `registry`, `clock` and `metrics` (may be null) must outlive the service.
@@ -57,7 +64,13 @@ class AdmissionService final : public kvgate::v1::Admission::CallbackService {
       kvgate::v1::EstimateResponse* response) override;
 
  private:
+  struct AdmitCall;
   class AdmitReactor;
+
+  // With an authenticator, the caller's identity (into `caller` when not
+  // null) or UNAUTHENTICATED; OK without one.
+  grpc::Status Authorize(grpc::CallbackServerContext* context,
+                         CallerIdentity* caller) const;
 
   // Finds the pool for `model`; NOT_FOUND / UNAVAILABLE as a gRPC status.
   grpc::Status FindPool(const std::string& model, ModelPool** pool) const;
