@@ -184,16 +184,16 @@ TEST(ReadServerConfigTest, TextFormatErrorGivesLineAndColumn) {
 }
 
 TEST(ReadServerConfigTest, MalformedJsonIsInvalidArgumentNamingTheFile) {
-  const std::string path =
-      WriteTempFile("bad.json", "{\"models\": [{\"name\": \"x\",}]");
+  const TempFile file("bad.json", "{\"models\": [{\"name\": \"x\",}]");
+  const std::string& path = file.path();
   absl::StatusOr<kvgate::v1::ServerConfig> config = ReadServerConfig(path);
   ASSERT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(config.status().message(), HasSubstr(path));
 }
 
 TEST(ReadServerConfigTest, UnknownJsonFieldIsRejected) {
-  const std::string path =
-      WriteTempFile("unknown.json", "{\"grpcAdress\": \"unix:/tmp/x\"}");
+  const TempFile file("unknown.json", "{\"grpcAdress\": \"unix:/tmp/x\"}");
+  const std::string& path = file.path();
   absl::StatusOr<kvgate::v1::ServerConfig> config = ReadServerConfig(path);
   ASSERT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(config.status().message(), HasSubstr("grpcAdress"));
