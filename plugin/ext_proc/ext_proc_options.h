@@ -1,0 +1,47 @@
+// ExtProcOptions: how kvgated's Envoy external processor reads requests,
+// resolved from the ExtProcConfig section of kvgated's configuration
+// (proto/kvgate/v1/config.proto) with its defaults filled in and checked.
+#ifndef KVGATE_PLUGIN_EXT_PROC_EXT_PROC_OPTIONS_H_
+#define KVGATE_PLUGIN_EXT_PROC_EXT_PROC_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kvgate/v1/config.pb.h"
+
+namespace kvgate {
+
+struct ExtProcOptions {
+  // Separate listener for Envoy; empty: the main gRPC listener.
+  std::string listen_address;
+  // max_tokens assumed when the request sets none.
+  uint32_t default_max_tokens = 256;
+  // Prompt bytes per token when no token count is known.
+  double bytes_per_token = 4.0;
+  // Request headers (lower case, as Envoy sends them).
+  std::string tenant_header = "x-kvgate-tenant";
+  std::string priority_header = "x-kvgate-priority";
+  std::string token_count_header = "x-kvgate-prompt-tokens";
+  // Largest request body read (413 beyond).
+  uint64_t max_body_bytes = uint64_t{8} << 20;
+  // Longest a request is held waiting for memory.
+  absl::Duration max_hold = absl::Seconds(30);
+  // Most sequences (prompts x n) in one request.
+  int max_sequences = 4096;
+};
+
+// Margin added to max_hold in the override_message_timeout sent to Envoy, so
+// that kvgated's own answer (a 429 at max_hold) arrives before Envoy's timer.
+inline constexpr absl::Duration kHoldTimeoutMargin = absl::Seconds(1);
+
+// Fills defaults (max_hold defaults to `default_max_hold`, the queue's
+// max_queue_wait) and checks each value. InvalidArgument naming the field,
+// e.g. "ext_proc.bytes_per_token: must be in (0, 1024]".
+absl::StatusOr<ExtProcOptions> ResolveExtProcConfig(
+    const kvgate::v1::ExtProcConfig& config, absl::Duration default_max_hold);
+
+}  // namespace kvgate
+
+#endif  // KVGATE_PLUGIN_EXT_PROC_EXT_PROC_OPTIONS_H_

@@ -1,0 +1,558 @@
+#include "plugin/ext_proc/ext_proc_service.h"
+
+#include <cmath>
+#include <deque>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/random/random.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "plugin/ext_proc/ext_proc_responses.h"
+#include "plugin/ext_proc/openai_request.h"
+
+namespace kvgate {
+namespace {
+
+using envoy::service::ext_proc::v3::HttpBody;
+using envoy::service::ext_proc::v3::HttpHeaders;
+using envoy::service::ext_proc::v3::ProcessingRequest;
+using envoy::service::ext_proc::v3::ProcessingResponse;
+
+// Values of the priority header (case-insensitive); absent = STANDARD.
+struct PriorityRow {
+  const char* name;
+  Priority priority;
+};
+constexpr PriorityRow kPriorities[] = {
+    {"critical", Priority::kCritical},
+    {"standard", Priority::kStandard},
+    {"sheddable", Priority::kSheddable},
+};
+
+HttpError BadRequest(absl::string_view message) {
+  return {400, "invalid_request_error", "INVALID_REQUEST", std::string(message),
+          absl::ZeroDuration()};
+}
+
+HttpError Unavailable(absl::string_view code, absl::string_view message) {
+  return {503, "service_unavailable", std::string(code), std::string(message),
+          absl::Seconds(1)};
+}
+
+std::string RandomPrefix() {
+  absl::BitGen gen;
+  return absl::StrFormat("extproc-%016x",
+                         absl::Uniform<uint64_t>(gen));
+}
+
+// A header's bytes: raw_value (what current Envoy sends), else value.
+const std::string& HeaderBytes(const envoy::config::core::v3::HeaderValue& h) {
+  return h.raw_value().empty() ? h.value() : h.raw_value();
+}
+
+}  // namespace
+
+// One ext_proc stream, i.e. one HTTP request. Reactions (reads, writes,
+// cancel, done) and the controller's answer may run on different threads;
+// `mu_` guards the state. Calls into the controller happen outside `mu_`,
+// since the controller may answer on the calling thread.
+//
+// Lifetime: deleted in OnDone, unless an Admit is still unanswered; then by
+// that answer (the controller answers every ticket exactly once).
+class ExtProcService::Stream final
+    : public grpc::ServerBidiReactor<ProcessingRequest, ProcessingResponse> {
+ public:
+  Stream(ExtProcService* service, std::string request_id)
+      : service_(service), request_id_(std::move(request_id)) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // Envoy closed its side, or the stream broke.
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+        MaybeFinishLocked();
+      }
+      Abandon();
+      return;
+    }
+    Action action;
+    bool more = false;
+    {
+      absl::MutexLock lock(&mu_);
+      action = HandleLocked(request_);
+      more = !finished_;
+    }
+    Run(std::move(action));
+    if (more) StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writes_.pop_front();
+    if (!ok) writes_.clear();  // the stream is broken; a cancel follows
+    if (!writes_.empty()) {
+      StartWrite(&writes_.front());
+      return;
+    }
+    writing_ = false;
+    MaybeFinishLocked();
+  }
+
+  // Client abort, upstream reset, Envoy gone or deadline passed.
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      MaybeFinishLocked();
+    }
+    Abandon();
+  }
+
+  void OnDone() override {
+    Abandon();
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      last = !admit_pending_;
+    }
+    if (last) delete this;
+  }
+
+ private:
+  enum class State {
+    kHeaders,     // waiting for request_headers
+    kBody,        // reading the request body
+    kAdmitting,   // body read; waiting for the controller
+    kAdmitted,    // forwarded upstream with a lease
+    kPassThrough, // not gated
+    kAnswered     // an immediate response was sent
+  };
+
+  // Work for the controller, done after `mu_` is released.
+  struct Action {
+    ModelPool* pool = nullptr;
+    std::optional<AdmitTicket> admit;
+    std::string release_lease;
+  };
+
+  Action HandleLocked(const ProcessingRequest& request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Action action;
+    switch (request.request_case()) {
+      case ProcessingRequest::kRequestHeaders:
+        OnRequestHeadersLocked(request.request_headers());
+        break;
+      case ProcessingRequest::kRequestBody:
+        action = OnRequestBodyLocked(request.request_body());
+        break;
+      case ProcessingRequest::kRequestTrailers:
+        if (state_ == State::kBody) {  // the body ended with trailers
+          held_.push_back(ExtProcPhase::kRequestTrailers);
+          action = DecideLocked();
+        } else if (state_ != State::kAnswered) {
+          WriteLocked(ContinueResponse(ExtProcPhase::kRequestTrailers));
+        }
+        break;
+      case ProcessingRequest::kResponseHeaders: {
+        ProcessingResponse response =
+            ContinueResponse(ExtProcPhase::kResponseHeaders);
+        if (state_ == State::kAdmitted) {
+          AddAdmittedHeaders(reserved_bytes_,
+                             *response.mutable_response_headers()
+                                  ->mutable_response()
+                                  ->mutable_header_mutation());
+        }
+        WriteLocked(std::move(response));
+        if (request.response_headers().end_of_stream()) {
+          action = ReleaseLocked();
+        }
+        break;
+      }
+      case ProcessingRequest::kResponseBody:
+        WriteLocked(ContinueResponse(ExtProcPhase::kResponseBody));
+        if (request.response_body().end_of_stream()) action = ReleaseLocked();
+        break;
+      case ProcessingRequest::kResponseTrailers:
+        WriteLocked(ContinueResponse(ExtProcPhase::kResponseTrailers));
+        action = ReleaseLocked();
+        break;
+      case ProcessingRequest::REQUEST_NOT_SET:
+        break;
+    }
+    return action;
+  }
+
+  void OnRequestHeadersLocked(const HttpHeaders& headers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (state_ != State::kHeaders) {
+      WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
+      return;
+    }
+    const ExtProcOptions& options = service_->options_;
+    std::string path, method, priority, token_count, content_length;
+    for (const auto& h : headers.headers().headers()) {
+      const std::string& key = h.key();
+      if (key == ":path") {
+        path = HeaderBytes(h);
+      } else if (key == ":method") {
+        method = HeaderBytes(h);
+      } else if (key == options.tenant_header) {
+        tenant_ = HeaderBytes(h);
+      } else if (key == options.priority_header) {
+        priority = HeaderBytes(h);
+      } else if (key == options.token_count_header) {
+        token_count = HeaderBytes(h);
+      } else if (key == "content-length") {
+        content_length = HeaderBytes(h);
+      }
+    }
+    const std::optional<OpenAiEndpoint> endpoint = EndpointForPath(path);
+    if (!endpoint.has_value() || method != "POST" || headers.end_of_stream()) {
+      state_ = State::kPassThrough;
+      WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
+      return;
+    }
+    endpoint_ = *endpoint;
+    if (!service_->ready_.load(std::memory_order_relaxed)) {
+      return RejectLocked(Unavailable("NOT_READY", "kvgated is not ready"));
+    }
+    if (service_->draining_.load(std::memory_order_relaxed)) {
+      return RejectLocked(
+          Unavailable("DRAINING", "kvgated is shutting down; retry shortly"));
+    }
+    if (tenant_.size() > kMaxTenantBytes) {
+      return RejectLocked(BadRequest(absl::StrCat(
+          options.tenant_header, ": at most ", kMaxTenantBytes, " bytes")));
+    }
+    if (!priority.empty()) {
+      bool known = false;
+      for (const PriorityRow& row : kPriorities) {
+        if (absl::EqualsIgnoreCase(priority, row.name)) {
+          priority_ = row.priority;
+          known = true;
+        }
+      }
+      if (!known) {
+        return RejectLocked(BadRequest(
+            absl::StrCat(options.priority_header,
+                         ": must be critical, standard or sheddable")));
+      }
+    }
+    if (!token_count.empty()) {
+      uint32_t tokens = 0;
+      if (!absl::SimpleAtoi(token_count, &tokens)) {
+        return RejectLocked(BadRequest(absl::StrCat(
+            options.token_count_header, ": must be a token count")));
+      }
+      token_count_ = tokens;
+    }
+    uint64_t length = 0;
+    if (absl::SimpleAtoi(content_length, &length) &&
+        length > options.max_body_bytes) {
+      return RejectLocked(BodyTooLarge());
+    }
+    state_ = State::kBody;
+    WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
+  }
+
+  Action OnRequestBodyLocked(const HttpBody& body)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (state_ != State::kBody) {
+      if (state_ != State::kAnswered) {
+        WriteLocked(ContinueResponse(ExtProcPhase::kRequestBody));
+      }
+      return {};
+    }
+    if (body.body().size() > service_->options_.max_body_bytes - body_.size()) {
+      RejectLocked(BodyTooLarge());
+      return {};
+    }
+    body_.append(body.body());
+    held_.push_back(ExtProcPhase::kRequestBody);
+    if (!body.end_of_stream()) {
+      // STREAMED mode: the chunk's answer waits for the decision, so Envoy
+      // must wait longer than message_timeout for it.
+      ExtendLocked();
+      return {};
+    }
+    return DecideLocked();
+  }
+
+  // The body is complete: parse, estimate, and hand an Admit to Run().
+  Action DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    state_ = State::kAdmitting;
+    const ExtProcOptions& options = service_->options_;
+    const absl::StatusOr<OpenAiRequest> parsed =
+        ParseOpenAiRequest(endpoint_, body_);
+    std::string().swap(body_);
+    if (!parsed.ok()) {
+      RejectLocked(BadRequest(parsed.status().message()));
+      return {};
+    }
+    ModelPool* pool = service_->registry_->Find(parsed->model);
+    if (pool == nullptr) {
+      RejectLocked({404, "invalid_request_error", "MODEL_NOT_FOUND",
+                    absl::StrCat("The model '",
+                                 parsed->model.substr(0, kMaxTenantBytes),
+                                 "' is not served here"),
+                    absl::ZeroDuration()});
+      return {};
+    }
+    const uint64_t sequences =
+        static_cast<uint64_t>(parsed->prompts.size()) * parsed->n;
+    if (sequences > static_cast<uint64_t>(options.max_sequences)) {
+      RejectLocked(BadRequest(absl::StrCat(
+          "n x prompts: ", sequences, " sequences exceed the limit of ",
+          options.max_sequences)));
+      return {};
+    }
+    const uint64_t max_new =
+        parsed->max_tokens.value_or(options.default_max_tokens);
+    std::vector<SequenceShape> shapes;
+    shapes.reserve(sequences);
+    for (const PromptSize& prompt : parsed->prompts) {
+      const uint64_t tokens = PromptTokens(prompt, parsed->prompts.size());
+      for (uint32_t i = 0; i < parsed->n; ++i) {
+        shapes.push_back({tokens, max_new});
+      }
+    }
+    BatchEstimate estimate;
+    if (absl::Status s = pool->model().EstimateBatch(shapes, &estimate);
+        !s.ok()) {
+      RejectLocked(BadRequest(s.message()));
+      return {};
+    }
+    AdmitTicket ticket;
+    ticket.request_id = request_id_;
+    ticket.tenant = tenant_;
+    ticket.priority = priority_;
+    ticket.cost.kv_bytes = estimate.kv_cache_bytes;
+    ticket.cost.activation_bytes = estimate.activation_bytes;
+    ticket.deadline = service_->clock_->Now() + options.max_hold;
+    pool_ = pool;
+    admit_pending_ = true;
+    Action action;
+    action.pool = pool;
+    action.admit = std::move(ticket);
+    return action;
+  }
+
+  // Prompt tokens of one prompt: the trusted header (shared evenly when a
+  // request batches several prompts), else the token ids sent, else the
+  // text's bytes / bytes_per_token rounded up. At least 1.
+  uint64_t PromptTokens(const PromptSize& prompt, size_t prompts) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    uint64_t tokens = 0;
+    if (token_count_.has_value()) {
+      tokens = (*token_count_ + prompts - 1) / prompts;
+    } else if (prompt.token_ids.has_value()) {
+      tokens = *prompt.token_ids;
+    } else {
+      const double estimate =
+          static_cast<double>(prompt.text_bytes) /
+          service_->options_.bytes_per_token;
+      // text_bytes is bounded by max_body_bytes (<= 1 GiB), so this fits.
+      tokens = static_cast<uint64_t>(std::ceil(estimate));
+    }
+    return tokens == 0 ? 1 : tokens;
+  }
+
+  // Runs what HandleLocked decided, outside `mu_`.
+  void Run(Action action) {
+    if (!action.release_lease.empty()) {
+      action.pool->controller().Release(action.release_lease).status().IgnoreError();
+    }
+    if (action.admit.has_value()) Submit(action.pool, *std::move(action.admit));
+  }
+
+  void Submit(ModelPool* pool, AdmitTicket ticket) {
+    absl::StatusOr<uint64_t> handle = pool->controller().Admit(
+        std::move(ticket),
+        [this](AdmitOutcome outcome) { OnOutcome(std::move(outcome)); });
+    bool cancel = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!handle.ok()) {  // not accepted: the callback never runs
+        admit_pending_ = false;
+        RejectLocked(handle.status().code() ==
+                             absl::StatusCode::kInvalidArgument
+                         ? BadRequest(handle.status().message())
+                         : HttpError{500, "api_error", "INTERNAL",
+                                     std::string(handle.status().message()),
+                                     absl::ZeroDuration()});
+        MaybeFinishLocked();
+      } else if (admit_pending_ && *handle != 0) {  // queued
+        handle_ = *handle;
+        if (reads_done_ || cancelled_) {
+          cancel = true;
+        } else {
+          ExtendLocked();
+        }
+      }
+    }
+    // The stream ended before the handle was known.
+    if (cancel) pool->controller().Cancel(*handle);
+  }
+
+  // The controller's answer; any thread, exactly once per Admit.
+  void OnOutcome(AdmitOutcome outcome) {
+    std::string release;
+    ModelPool* pool = nullptr;
+    bool last = false;
+    {
+      absl::MutexLock lock(&mu_);
+      admit_pending_ = false;
+      handle_ = 0;
+      pool = pool_;
+      if (finished_ || reads_done_ || cancelled_) {
+        if (outcome.admitted) release = std::move(outcome.lease_id);
+        last = done_;
+      } else if (outcome.admitted) {
+        state_ = State::kAdmitted;
+        lease_id_ = std::move(outcome.lease_id);
+        reserved_bytes_ = outcome.reserved_bytes;
+        AnswerHeldLocked();
+      } else if (outcome.reason != RejectReason::kCancelled) {
+        RejectLocked(RejectionError(outcome));
+      }
+    }
+    if (!release.empty()) pool->controller().Release(release).status().IgnoreError();
+    if (last) delete this;
+  }
+
+  // Admitted: each held body (or trailers) message is answered CONTINUE; the
+  // last body answer carries the x-kvgate-* headers for the upstream request.
+  void AnswerHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    size_t last_body = held_.size();
+    for (size_t i = 0; i < held_.size(); ++i) {
+      if (held_[i] == ExtProcPhase::kRequestBody) last_body = i;
+    }
+    for (size_t i = 0; i < held_.size(); ++i) {
+      ProcessingResponse response = ContinueResponse(held_[i]);
+      if (i == last_body) {
+        AddAdmittedHeaders(reserved_bytes_,
+                           *response.mutable_request_body()
+                                ->mutable_response()
+                                ->mutable_header_mutation());
+      }
+      WriteLocked(std::move(response));
+    }
+    held_.clear();
+  }
+
+  // The response is complete: its lease goes back (once).
+  Action ReleaseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Action action;
+    action.pool = pool_;
+    action.release_lease = std::move(lease_id_);
+    lease_id_.clear();
+    return action;
+  }
+
+  // The stream is over, however it ended: leave the queue, free the lease.
+  void Abandon() {
+    uint64_t handle = 0;
+    Action action;
+    {
+      absl::MutexLock lock(&mu_);
+      if (admit_pending_) handle = handle_;
+      action = ReleaseLocked();
+    }
+    if (handle != 0) action.pool->controller().Cancel(handle);
+    Run(std::move(action));
+  }
+
+  // Asks Envoy to wait for the held message up to max_hold (+ margin). Envoy
+  // honours one override per processing state, so it is sent once.
+  void ExtendLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (extended_) return;
+    extended_ = true;
+    WriteLocked(
+        ExtendTimeout(service_->options_.max_hold + kHoldTimeoutMargin));
+  }
+
+  void RejectLocked(const HttpError& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    state_ = State::kAnswered;
+    held_.clear();
+    std::string().swap(body_);
+    WriteLocked(ImmediateError(error));
+  }
+
+  HttpError BodyTooLarge() const {
+    return {413, "invalid_request_error", "BODY_TOO_LARGE",
+            absl::StrCat("request body exceeds ",
+                         service_->options_.max_body_bytes, " bytes"),
+            absl::ZeroDuration()};
+  }
+
+  void WriteLocked(ProcessingResponse response)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    writes_.push_back(std::move(response));
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&writes_.front());
+    }
+  }
+
+  // Finishes once Envoy is gone or done sending and every answer is out.
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_ || !(reads_done_ || cancelled_)) return;
+    finished_ = true;
+    Finish(grpc::Status::OK);
+  }
+
+  static constexpr size_t kMaxTenantBytes = 128;
+
+  ExtProcService* const service_;
+  const std::string request_id_;
+  // The read buffer, used only between StartRead and OnReadDone.
+  ProcessingRequest request_;
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kHeaders;
+  OpenAiEndpoint endpoint_ ABSL_GUARDED_BY(mu_) = OpenAiEndpoint::kCompletions;
+  std::string tenant_ ABSL_GUARDED_BY(mu_);
+  Priority priority_ ABSL_GUARDED_BY(mu_) = Priority::kStandard;
+  std::optional<uint64_t> token_count_ ABSL_GUARDED_BY(mu_);
+  std::string body_ ABSL_GUARDED_BY(mu_);
+  // Request messages whose answers wait for the decision, in order.
+  std::vector<ExtProcPhase> held_ ABSL_GUARDED_BY(mu_);
+  bool extended_ ABSL_GUARDED_BY(mu_) = false;
+
+  ModelPool* pool_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool admit_pending_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t handle_ ABSL_GUARDED_BY(mu_) = 0;  // while queued
+  std::string lease_id_ ABSL_GUARDED_BY(mu_);  // until released
+  uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::deque<ProcessingResponse> writes_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+ExtProcService::ExtProcService(const ModelRegistry* registry, Clock* clock,
+                               ExtProcOptions options)
+    : registry_(registry),
+      clock_(clock),
+      options_(std::move(options)),
+      id_prefix_(RandomPrefix()) {}
+
+grpc::ServerBidiReactor<ProcessingRequest, ProcessingResponse>*
+ExtProcService::Process(grpc::CallbackServerContext* /*context*/) {
+  return new Stream(this, absl::StrCat(id_prefix_, "-", next_stream_++));
+}
+
+}  // namespace kvgate

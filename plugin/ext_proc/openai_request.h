@@ -1,0 +1,75 @@
+// OpenAiRequest: what admission needs from the body of an OpenAI-style
+// completion request (POST /v1/completions or /v1/chat/completions), read by
+// a pure parser of the body's bytes.
+//
+//   absl::StatusOr<OpenAiRequest> r =
+//       ParseOpenAiRequest(OpenAiEndpoint::kChatCompletions, body);
+//
+// The parser reads only the fields that size a request: `model`,
+// `max_tokens` / `max_completion_tokens`, `n`, `stream`, and the prompt
+// (`prompt` for completions: a string, a list of strings, a list of token
+// ids or a list of token-id lists; `messages` for chat: each message's role
+// and content, a string or a list of parts whose `text` counts). Other
+// fields are ignored. It allocates no more than the JSON document needs and
+// never throws; every failure is InvalidArgument with a message naming the
+// field, fit for the client.
+#ifndef KVGATE_PLUGIN_EXT_PROC_OPENAI_REQUEST_H_
+#define KVGATE_PLUGIN_EXT_PROC_OPENAI_REQUEST_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace kvgate {
+
+enum class OpenAiEndpoint { kCompletions, kChatCompletions };
+
+// The endpoint a request path names ("/v1/completions",
+// "/v1/chat/completions", with or without a query string); nullopt for any
+// other path (not gated).
+std::optional<OpenAiEndpoint> EndpointForPath(absl::string_view path);
+
+// One prompt of the request: its size in UTF-8 bytes of text, or its exact
+// token count when the client sent token ids.
+struct PromptSize {
+  uint64_t text_bytes = 0;
+  std::optional<uint64_t> token_ids;
+};
+
+struct OpenAiRequest {
+  std::string model;
+  // max_completion_tokens, else max_tokens; nullopt when neither is set.
+  std::optional<uint64_t> max_tokens;
+  // Completions per prompt (`n`, default 1).
+  uint32_t n = 1;
+  bool stream = false;
+  // One entry per prompt: a completions request may batch several prompts;
+  // a chat request has one (all its messages).
+  std::vector<PromptSize> prompts;
+};
+
+struct OpenAiParseLimits {
+  // Largest `n` accepted.
+  uint32_t max_n = 128;
+  // Most prompts in one completions request.
+  uint32_t max_prompts = 4096;
+  // Deepest JSON nesting accepted (checked before parsing, so a hostile body
+  // cannot exhaust the stack).
+  int max_depth = 64;
+};
+
+// Parses `body`. InvalidArgument when it is not a JSON object, when `model`
+// is missing or not a non-empty string, when the prompt (or messages) is
+// missing or malformed, or when a number is negative, fractional or out of
+// range.
+absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(
+    OpenAiEndpoint endpoint, absl::string_view body,
+    const OpenAiParseLimits& limits = {});
+
+}  // namespace kvgate
+
+#endif  // KVGATE_PLUGIN_EXT_PROC_OPENAI_REQUEST_H_
