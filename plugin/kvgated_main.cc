@@ -35,6 +35,7 @@
 #include "metrics/metrics_server.h"
 #include "plugin/clock.h"
 #include "plugin/config.h"
+#include "plugin/ext_proc/ext_proc_service.h"
 #include "plugin/json_log.h"
 #include "plugin/kvgate_service.h"
 #include "plugin/memory_guard.h"
@@ -51,6 +52,10 @@ ABSL_FLAG(std::string, grpc_address, "",
 ABSL_FLAG(std::string, metrics_address, "",
           "host:port for Prometheus /metrics (overrides the file)");
 ABSL_FLAG(bool, validate, false, "check the configuration and exit");
+ABSL_FLAG(std::string, ext_proc_address, "",
+          "separate listener for Envoy's ext_proc filter, unix:/path or "
+          "host:port (overrides ext_proc.listen_address; default: served on "
+          "the main listener)");
 ABSL_FLAG(uint32_t, max_concurrent_streams, 4096,
           "most concurrent calls (queued Admits included) per connection");
 ABSL_FLAG(std::string, socket_mode, "0660",
@@ -201,6 +206,35 @@ class Ticker {
   bool last_error_ = false;
 };
 
+// The Envoy ext_proc service alone on its own listener, so that Envoy never
+// reaches Admission and request bodies up to `max_body_bytes` fit in one
+// message.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartExtProcServer(
+    const std::string& address, grpc::Service* service, uint64_t max_body_bytes,
+    int max_concurrent_streams) {
+  const std::string path = UnixPath(address);
+  if (!path.empty()) {
+    if (absl::Status s = CheckUnixSocketFree(path); !s.ok()) return s;
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             max_concurrent_streams);
+  // A whole BUFFERED body plus the message around it.
+  builder.AddChannelArgument(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                             static_cast<int>(max_body_bytes + (64 << 10)));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || (path.empty() && port == 0)) {
+    return absl::UnavailableError(
+        absl::StrCat("could not bind the ext_proc address ", address,
+                     " (address in use or not permitted)"));
+  }
+  return server;
+}
+
 int Fail(absl::string_view what, const absl::Status& status) {
   LogError(what, {{"error", std::string(status.message())}});
   return 1;
@@ -227,8 +261,16 @@ int Run() {
   if (const std::string a = absl::GetFlag(FLAGS_metrics_address); !a.empty()) {
     config.set_metrics_address(a);
   }
+  if (const std::string a = absl::GetFlag(FLAGS_ext_proc_address); !a.empty()) {
+    config.mutable_ext_proc()->set_listen_address(a);
+  }
   absl::StatusOr<ServerSettings> settings = ResolveServerConfig(config);
   if (!settings.ok()) return Fail("invalid configuration", settings.status());
+  absl::StatusOr<ExtProcOptions> ext_proc_options = ResolveExtProcConfig(
+      config.ext_proc(), settings->controller.max_queue_wait);
+  if (!ext_proc_options.ok()) {
+    return Fail("invalid configuration", ext_proc_options.status());
+  }
 
   // Memory source.
   std::unique_ptr<MemorySource> source;
@@ -322,6 +364,8 @@ int Run() {
 
   // gRPC server.
   AdmissionService service(&registry, RealClock(), &metrics, {});
+  ExtProcService ext_proc(&registry, RealClock(), *ext_proc_options);
+  const std::string& ext_proc_address = ext_proc_options->listen_address;
   const std::string socket_path = UnixPath(settings->grpc_address);
   if (!socket_path.empty()) {
     if (absl::Status s = CheckUnixSocketFree(socket_path); !s.ok()) {
@@ -335,6 +379,7 @@ int Run() {
   builder.AddListeningPort(settings->grpc_address,
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(&service);
+  if (ext_proc_address.empty()) builder.RegisterService(&ext_proc);
   // A second kvgated on the same TCP port must fail, not share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
@@ -361,6 +406,16 @@ int Run() {
     }
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  std::unique_ptr<grpc::Server> ext_proc_server;
+  if (!ext_proc_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> started = StartExtProcServer(
+        ext_proc_address, &ext_proc, ext_proc_options->max_body_bytes,
+        static_cast<int>(absl::GetFlag(FLAGS_max_concurrent_streams)));
+    if (!started.ok()) return Fail("cannot listen", started.status());
+    ext_proc_server = *std::move(started);
+    LogInfo("ext_proc listening", {{"address", ext_proc_address}});
+  }
+  ext_proc.SetReady(true);
   service.SetReady(true);
   health->SetServingStatus(kServiceName, true);
   health->SetServingStatus(true);
@@ -378,11 +433,22 @@ int Run() {
     health->SetServingStatus(kServiceName, false);
     health->SetServingStatus(false);
     service.StartDraining();
+    ext_proc.StartDraining();
     for (const auto& pool : registry.pools()) pool->controller().Drain();
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (ext_proc_server != nullptr) {
+      ext_proc_server->Shutdown(std::chrono::system_clock::now() +
+                                std::chrono::seconds(5));
+    }
   });
   server->Wait();
   signal_thread.join();
+  if (ext_proc_server != nullptr) {
+    ext_proc_server->Wait();
+    if (const std::string p = UnixPath(ext_proc_address); !p.empty()) {
+      unlink(p.c_str());
+    }
+  }
   ticker.Stop();
   if (!socket_path.empty()) unlink(socket_path.c_str());
   LogInfo("stopped");
