@@ -38,6 +38,10 @@ nlohmann::ordered_json QuickRules(uint64_t parameters, uint32_t bits,
 
 }  // namespace
 
+namespace {
+constexpr uint64_t kMaxBatch = 1 << 20;
+}  // namespace
+
 int RunEstimateCommand(const CommandArgs& args) {
   ModelFlags model;
   uint64_t batch = 1;
@@ -65,11 +69,15 @@ int RunEstimateCommand(const CommandArgs& args) {
     std::cout << flags.Usage();
     return kExitOk;
   }
-  for (auto [name, value, min] :
-       {std::tuple<const char*, uint64_t, uint64_t>{"batch", batch, 1},
-        {"prompt-tokens", prompt_tokens, 1},
-        {"max-new-tokens", max_new_tokens, 0}}) {
-    if (absl::Status s = CheckRange(name, value, min, 1ull << 32); !s.ok()) {
+  // A batch is materialised sequence by sequence, so it is bounded well
+  // below what would exhaust memory; token counts match the wire API's
+  // uint32 fields.
+  for (auto [name, value, min, max] :
+       {std::tuple<const char*, uint64_t, uint64_t, uint64_t>{
+            "batch", batch, 1, kMaxBatch},
+        {"prompt-tokens", prompt_tokens, 1, UINT32_MAX},
+        {"max-new-tokens", max_new_tokens, 0, UINT32_MAX}}) {
+    if (absl::Status s = CheckRange(name, value, min, max); !s.ok()) {
       return FailUsage("estimate", s);
     }
   }
