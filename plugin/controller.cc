@@ -64,6 +64,8 @@ absl::string_view RejectReasonName(RejectReason reason) {
 
 struct Controller::Lease {
   std::string request_id;
+  std::string restored_id;  // the old lease id of a restored lease, else""
+
   AdmitCost cost;
   uint64_t bytes = 0;  // kv + activation
   absl::Time granted_at;
@@ -223,13 +225,14 @@ absl::StatusOr<uint64_t> Controller::Admit(AdmitTicket ticket,
       if (lease.expires_at > now) {
         AdmitOutcome outcome;
         outcome.admitted = true;
-        outcome.lease_id = LeaseIdFor(seq);
+        outcome.lease_id = LeaseIdLocked(seq, lease);
         outcome.reserved_bytes = lease.bytes;
         outcome.message = "already admitted: same lease";
         out.answers.push_back({priority, std::move(outcome), std::move(done)});
         answered = true;
       } else {
-        out.expired_bytes.push_back(FreeLeaseLocked(seq, now));
+        out.expired_bytes.push_back(
+            FreeLeaseLocked(seq, now, LeaseEnd::kExpired));
         DispatchLocked(now, out);
       }
     }
@@ -323,7 +326,7 @@ absl::StatusOr<uint64_t> Controller::Release(absl::string_view lease_id) {
     if (!seq.ok()) return seq.status();
     if (!leases_.contains(*seq)) return 0;  // already released or expired
     const absl::Time now = clock_->Now();
-    bytes = FreeLeaseLocked(*seq, now);
+    bytes = FreeLeaseLocked(*seq, now, LeaseEnd::kReleased);
     DispatchLocked(now, out);
   }
   Run(out);
@@ -331,20 +334,72 @@ absl::StatusOr<uint64_t> Controller::Release(absl::string_view lease_id) {
 }
 
 absl::StatusOr<absl::Duration> Controller::Renew(absl::string_view lease_id) {
-  absl::MutexLock lock(&mu_);
-  absl::StatusOr<uint64_t> seq = ParseLeaseId(lease_id);
-  if (!seq.ok()) return seq.status();
-  auto it = leases_.find(*seq);
-  const absl::Time now = clock_->Now();
-  if (it == leases_.end() || it->second.expires_at <= now) {
-    return absl::NotFoundError(absl::StrCat(
-        "lease ", lease_id, " was released or expired; admit again"));
+  {
+    absl::MutexLock lock(&mu_);
+    absl::StatusOr<uint64_t> seq = ParseLeaseId(lease_id);
+    if (!seq.ok()) return seq.status();
+    auto it = leases_.find(*seq);
+    const absl::Time now = clock_->Now();
+    if (it == leases_.end() || it->second.expires_at <= now) {
+      return absl::NotFoundError(absl::StrCat(
+          "lease ", lease_id, " was released or expired; admit again"));
+    }
+    Lease& lease = it->second;
+    lease_expiries_.erase({lease.expires_at, *seq});
+    lease.expires_at = now + options_.lease_ttl;
+    lease_expiries_.insert({lease.expires_at, *seq});
+    if (options_.lease_observer != nullptr) {
+      options_.lease_observer->OnRenewed(lease_id, lease.expires_at);
+    }
   }
-  Lease& lease = it->second;
-  lease_expiries_.erase({lease.expires_at, *seq});
-  lease.expires_at = now + options_.lease_ttl;
-  lease_expiries_.insert({lease.expires_at, *seq});
+  if (options_.lease_observer != nullptr) options_.lease_observer->Commit();
   return options_.lease_ttl;
+}
+
+absl::Status Controller::RestoreLease(const LeaseRecord& record) {
+  if (record.lease_id.empty() || record.request_id.empty()) {
+    return absl::InvalidArgumentError(
+        "a restored lease needs a lease_id and a request_id");
+  }
+  uint64_t bytes = 0;
+  if (!CheckedAdd(record.cost.kv_bytes, record.cost.activation_bytes,
+                  &bytes) ||
+      bytes == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease ", record.lease_id, ": cost must be > 0 and fit in 64 bits"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (restored_ids_.contains(record.lease_id) ||
+      ParseLeaseId(record.lease_id).ok() ||
+      lease_by_request_.contains(record.request_id)) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "lease ", record.lease_id, " (request \"", record.request_id,
+        "\") is already live"));
+  }
+  uint64_t kv = 0, activation_sum = 0;
+  if (!CheckedAdd(kv_reserved_, record.cost.kv_bytes, &kv) ||
+      !CheckedAdd(activation_sum_, record.cost.activation_bytes,
+                  &activation_sum) ||
+      !CheckedAdd(kv, std::max(activation_sum, ActivationReserveLocked()),
+                  &bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease ", record.lease_id, ": the ledger would overflow 64 bits"));
+  }
+  const uint64_t seq = next_lease_seq_++;
+  Lease& lease = leases_[seq];
+  lease.request_id = record.request_id;
+  lease.restored_id = record.lease_id;
+  lease.cost = record.cost;
+  lease.bytes = record.cost.kv_bytes + record.cost.activation_bytes;
+  lease.granted_at = clock_->Now();
+  lease.expires_at = record.expires_at;
+  kv_reserved_ = kv;
+  activation_sum_ = activation_sum;
+  activations_.insert(lease.cost.activation_bytes);
+  lease_expiries_.insert({lease.expires_at, seq});
+  lease_by_request_[lease.request_id] = seq;
+  restored_ids_[record.lease_id] = seq;
+  return absl::OkStatus();
 }
 
 absl::Time Controller::Tick() {
@@ -393,7 +448,7 @@ BudgetSnapshot Controller::Snapshot() const {
   s.kv_reserved_bytes = kv_reserved_;
   s.activation_reserve_bytes = ActivationReserveLocked();
   s.reserved_bytes = ReservedLocked();
-  s.free_bytes = s.capacity_bytes - s.reserved_bytes;
+  s.free_bytes = FreeBytesLocked();
   s.active_leases = static_cast<uint32_t>(leases_.size());
   s.queued_requests = static_cast<uint32_t>(queued_.size());
   for (int i = 0; i < kNumPriorities; ++i) {
@@ -419,8 +474,16 @@ uint64_t Controller::ActivationReserveLocked() const {
 }
 
 uint64_t Controller::ReservedLocked() const {
-  // Never overflows: every lease was admitted with the total <= capacity.
+  // Never overflows: every lease was admitted with the total <= capacity,
+  // and RestoreLease checks the sum.
   return kv_reserved_ + ActivationReserveLocked();
+}
+
+uint64_t Controller::FreeBytesLocked() const {
+  // Restored leases may hold more than a capacity that has since shrunk.
+  const uint64_t reserved = ReservedLocked();
+  return reserved < options_.capacity_bytes ? options_.capacity_bytes - reserved
+                                            : 0;
 }
 
 bool Controller::FitsLocked(const AdmitCost& cost) const {
@@ -456,12 +519,20 @@ AdmitOutcome Controller::GrantLocked(const AdmitTicket& ticket,
   outcome.admitted = true;
   outcome.lease_id = LeaseIdFor(seq);
   outcome.reserved_bytes = lease.bytes;
+  if (options_.lease_observer != nullptr) {
+    options_.lease_observer->OnGranted(
+        {outcome.lease_id, lease.request_id, lease.cost, lease.expires_at});
+  }
   return outcome;
 }
 
-uint64_t Controller::FreeLeaseLocked(uint64_t seq, absl::Time now) {
+uint64_t Controller::FreeLeaseLocked(uint64_t seq, absl::Time now,
+                                     LeaseEnd end) {
   auto it = leases_.find(seq);
   const Lease& lease = it->second;
+  if (options_.lease_observer != nullptr) {
+    options_.lease_observer->OnEnded(LeaseIdLocked(seq, lease), end);
+  }
   const uint64_t reserved_before = ReservedLocked();
   kv_reserved_ -= lease.cost.kv_bytes;
   activation_sum_ -= lease.cost.activation_bytes;
@@ -480,13 +551,17 @@ uint64_t Controller::FreeLeaseLocked(uint64_t seq, absl::Time now) {
 
 void Controller::ExpireLeasesLocked(absl::Time now, Completions& out) {
   while (!lease_expiries_.empty() && lease_expiries_.begin()->first <= now) {
-    out.expired_bytes.push_back(
-        FreeLeaseLocked(lease_expiries_.begin()->second, now));
+    out.expired_bytes.push_back(FreeLeaseLocked(
+        lease_expiries_.begin()->second, now, LeaseEnd::kExpired));
   }
 }
 
 std::string Controller::LeaseIdFor(uint64_t seq) const {
   return absl::StrFormat("%016x-%d", lease_prefix_, seq);
+}
+
+std::string Controller::LeaseIdLocked(uint64_t seq, const Lease& lease) const {
+  return lease.restored_id.empty() ? LeaseIdFor(seq) : lease.restored_id;
 }
 
 absl::StatusOr<uint64_t> Controller::ParseLeaseId(
@@ -502,6 +577,9 @@ absl::StatusOr<uint64_t> Controller::ParseLeaseId(
         seq > 0 && seq < next_lease_seq_) {
       return seq;
     }
+  }
+  if (auto it = restored_ids_.find(lease_id); it != restored_ids_.end()) {
+    return it->second;
   }
   return absl::NotFoundError(
       absl::StrCat("lease \"", lease_id, "\" was not issued by this kvgate"));
@@ -709,7 +787,7 @@ absl::Duration Controller::RetryAfterLocked(Priority priority,
     needed = SaturatingAdd(needed, levels_[i]->bytes);
   }
   needed -= std::min(needed, own_queued_bytes);
-  const uint64_t free_bytes = options_.capacity_bytes - ReservedLocked();
+  const uint64_t free_bytes = FreeBytesLocked();
   if (needed <= free_bytes) return kMinRetryAfter;
   needed -= free_bytes;
 
@@ -753,6 +831,8 @@ AdmitOutcome Controller::RejectionLocked(RejectReason reason, Priority priority,
 // ------------------------------------------------------------ Utilities ---
 
 void Controller::Run(Completions& completions) {
+  // Records of this call's ledger changes are durable before it answers.
+  if (options_.lease_observer != nullptr) options_.lease_observer->Commit();
   ControllerListener* listener = options_.listener;
   if (listener != nullptr) {
     for (uint64_t bytes : completions.expired_bytes) {
@@ -786,7 +866,7 @@ absl::Status Controller::CheckInvariants() const {
   }
   const uint64_t reserved =
       kv + (options_.activation_sum ? activation_sum : activation_max);
-  if (reserved > options_.capacity_bytes) {
+  if (reserved > options_.capacity_bytes && restored_ids_.empty()) {
     return absl::InternalError(absl::StrCat(
         "reserved ", reserved, " > capacity ", options_.capacity_bytes));
   }

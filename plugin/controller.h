@@ -125,6 +125,35 @@ class ControllerListener {
   virtual void OnLeaseExpired(uint64_t /*bytes*/) {}
 };
 
+// A lease as a LeaseObserver sees it granted, and as RestoreLease takes it
+// back after a restart.
+struct LeaseRecord {
+  std::string lease_id;
+  std::string request_id;
+  AdmitCost cost;
+  absl::Time expires_at;  // on the controller's clock
+};
+
+// How a lease left the ledger.
+enum class LeaseEnd { kReleased, kExpired };
+
+// Optional hook on the ledger, for a durable record of live leases (the lease
+// journal, plugin/lease_journal.h). Unlike ControllerListener, OnGranted,
+// OnRenewed and OnEnded run UNDER the controller's lock, in the order the
+// ledger changed, so that a lease's end is never recorded before its grant
+// nor a renewal after its end. They must be quick (a buffered append, no
+// fsync) and must not call into the controller. Commit runs after the lock is
+// released, on the thread of the call that changed the ledger, before that
+// call's answers go out: where records are made durable.
+class LeaseObserver {
+ public:
+  virtual ~LeaseObserver() = default;
+  virtual void OnGranted(const LeaseRecord& lease) = 0;
+  virtual void OnRenewed(absl::string_view lease_id, absl::Time expires_at) = 0;
+  virtual void OnEnded(absl::string_view lease_id, LeaseEnd end) = 0;
+  virtual void Commit() {}
+};
+
 struct BudgetSnapshot {
   uint64_t capacity_bytes = 0;
   uint64_t reserved_bytes = 0;  // kv_reserved_bytes + activation_reserve_bytes
@@ -170,6 +199,7 @@ class Controller {
     // Fairness weights per tenant; a tenant not listed weighs 1.0. Each > 0.
     absl::flat_hash_map<std::string, double> tenant_weights;
     ControllerListener* listener = nullptr;  // not owned; may be null
+    LeaseObserver* lease_observer = nullptr;  // not owned; may be null
   };
 
   // Bounds of every computed retry_after.
@@ -206,13 +236,26 @@ class Controller {
   // Returns a handle for Cancel, or 0 when the ticket is already answered.
   absl::StatusOr<uint64_t> Admit(AdmitTicket ticket, AdmitCallback done);
 
+  // Puts back a lease granted by an earlier kvgated (replayed from the lease
+  // journal after a restart), before serving: its bytes are reserved without
+  // queue or capacity checks (the engine still holds that memory, so the
+  // ledger may end up above a capacity that has since shrunk, and then admits
+  // nothing until enough is released), under its old lease_id, so that the
+  // engine's Release and Renew of it still work, and under its request_id,
+  // so that a retry gets it back. It expires at lease.expires_at. The
+  // observer is not told (the journal has it already).
+  // InvalidArgument for an empty lease_id or request_id or a zero or
+  // overflowing cost; AlreadyExists for a lease_id or request_id already
+  // live.
+  absl::Status RestoreLease(const LeaseRecord& lease);
+
   // A queued request leaves the queue and is answered CANCELLED. No-op for a
   // handle that is unknown or already answered.
   void Cancel(uint64_t handle);
 
   // Frees a lease (even one past its TTL that Tick has not reclaimed yet).
   // Returns the lease's reserved_bytes; OK(0) if it was already released or
-  // expired; NotFound for an id this controller never issued.
+  // expired; NotFound for an id this controller never issued nor restored.
   absl::StatusOr<uint64_t> Release(absl::string_view lease_id);
 
   // Extends a live lease to now + lease_ttl and returns that remaining TTL.
@@ -259,11 +302,15 @@ class Controller {
   uint64_t ReservedLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   AdmitOutcome GrantLocked(const AdmitTicket& ticket, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint64_t FreeLeaseLocked(uint64_t seq, absl::Time now)
+  uint64_t FreeLeaseLocked(uint64_t seq, absl::Time now, LeaseEnd end)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t FreeBytesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked(absl::Time now, Completions& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string LeaseIdFor(uint64_t seq) const;
+  // LeaseIdFor(seq), or the old id of a restored lease.
+  std::string LeaseIdLocked(uint64_t seq, const Lease& lease) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Parses a lease id; NotFound unless this controller issued it.
   absl::StatusOr<uint64_t> ParseLeaseId(absl::string_view lease_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -321,6 +368,11 @@ class Controller {
   uint64_t kv_reserved_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t activation_sum_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_lease_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // Lease ids of restored leases (issued by an earlier kvgated, under another
+  // prefix) -> their seq here. Kept after release, so that a second Release
+  // of one is OK(0) rather than NotFound; bounded by what was restored.
+  absl::flat_hash_map<std::string, uint64_t> restored_ids_
+      ABSL_GUARDED_BY(mu_);
 
   // Queue.
   std::array<std::unique_ptr<PriorityLevel>, kNumPriorities> levels_;
