@@ -26,6 +26,9 @@ MODEL = "m"
 PROMPT = "x" * 400
 MAX_TOKENS = 400
 CHAT_PROMPT_TOKENS = 106
+# kvgated's lease TTL, and how often the gated servers renew.
+LEASE_TTL_S = 1
+RENEW_INTERVAL_S = 0.2
 
 
 def completion(**extra):
@@ -57,7 +60,9 @@ class Kvgated:
                     f'gpu_memory_utilization: 1.0 }}\n'
                     f'memory_source {{ static_source {{ memory_bytes: {memory_bytes} }} }}\n'
                     # Room for every test's waiters (the default is one capacity).
-                    f'queue {{ max_requests: 8 max_bytes: {10 * memory_bytes} }}\n')
+                    f'queue {{ max_requests: 8 max_bytes: {10 * memory_bytes} }}\n'
+                    # Short, so a response that outlives it shows renewal.
+                    f'lease_ttl {{ seconds: {LEASE_TTL_S} }}\n')
         self.log = open(os.path.join(workdir, f"{name}.log"), "w+")
         self.process = subprocess.Popen(
             [binary, f"--config={config}", f"--grpc_address={self.address}"],
@@ -190,10 +195,13 @@ def servers(workdir, kvgated):
     at a socket where no kvgated listens."""
     absent = f"unix:{workdir}/absent.sock"
     configs = {
-        "gated": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_TIMEOUT_S": "10"},
+        "gated": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_TIMEOUT_S": "10",
+                  "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
         "short_wait": {"KVGATE_ADDRESS": kvgated.address,
-                       "KVGATE_MAX_QUEUE_WAIT_S": "0.3"},
-        "model_override": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_MODEL": MODEL},
+                       "KVGATE_MAX_QUEUE_WAIT_S": "0.3",
+                       "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
+        "model_override": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_MODEL": MODEL,
+                           "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
         "fail_open": {"KVGATE_ADDRESS": absent, "KVGATE_FAIL_OPEN": "true",
                       "KVGATE_TIMEOUT_S": "2"},
         "fail_closed": {"KVGATE_ADDRESS": absent, "KVGATE_FAIL_OPEN": "false",

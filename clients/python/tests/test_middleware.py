@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import MODEL, chat, completion
+from conftest import chat, completion
 
 QUEUED = "x-kvgate-queued-ms"
 
@@ -139,6 +139,25 @@ def test_stream_holds_its_lease_until_the_last_chunk(gated, kvgated):
     assert len(events) == 5 and events[-1] == "[DONE]"
     assert leases_mid_stream == 1
     # Released before the stream's end reached the client.
+    assert kvgated.idle()
+
+
+def test_response_longer_than_the_lease_ttl_keeps_its_lease(gated, kvgated):
+    # 8 chunks 0.25 s apart outlive kvgated's 1 s lease TTL twice over; the
+    # middleware renews every 0.2 s.
+    async def long_stream():
+        leases_at_end = None
+        async with gated.client() as c:
+            async with c.stream("POST", "/v1/chat/completions",
+                                json=chat(stream=True, chunks=8,
+                                          chunk_delay_s=0.25)) as r:
+                async for line in r.aiter_lines():
+                    if '"t7"' in line:  # the last chunk; [DONE] follows 0.25 s later
+                        leases_at_end = (
+                            await asyncio.to_thread(kvgated.budget)).active_leases
+        return leases_at_end
+
+    assert asyncio.run(long_stream()) == 1
     assert kvgated.idle()
 
 
