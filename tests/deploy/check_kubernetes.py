@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Checks kvgate's Kubernetes manifests and image (deploy/kubernetes, deploy/docker).
+
+Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
+  render      `kubectl kustomize` of every overlay, then the rendered YAML:
+              the sidecar is a native sidecar (init container, restartPolicy
+              Always) with gRPC startup/readiness/liveness probes on its
+              --health_address port, watches GPUs without requesting one,
+              runs restricted, has requests and limits, shares the socket's
+              emptyDir with the model server, mounts the ConfigMap at its
+              --config path, exposes the metrics port the PodMonitor scrapes
+              on a pod its selector matches; the Service, PodMonitor,
+              PrometheusRule and dashboard are there; the rendered config
+              passes `kvgated --validate`.
+              Exits 77 (ctest: skipped) where kubectl is absent.
+  config      `kvgated --validate` on deploy/kubernetes/base/kvgate.txtpb
+              (runs without kubectl).
+  lint        yamllint --strict on the manifests (fails without yamllint:
+              install it with scripts/install-deps.sh).
+  dockerfile  deploy/docker/Dockerfile read statically (no Docker engine is
+              needed): multi-stage on bookworm, the project's install script
+              for both stages, numeric non-root USER, kvgated entrypoint, a
+              .dockerignore; and every shared library the built kvgated
+              loads belongs to a package that `install-deps.sh --runtime`
+              installs, or to one of their dependencies.
+
+Exits non-zero with a message on any failure. Needs python3-yaml.
+"""
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import yaml
+except ImportError:
+    sys.exit("FAIL: PyYAML not found: install Debian's python3-yaml "
+             "(scripts/install-deps.sh) and run with /usr/bin/python3")
+
+SKIP = 77
+SIDECAR = "kvgated"
+
+
+class CheckError(Exception):
+    pass
+
+
+def expect(condition, message):
+    if not condition:
+        raise CheckError(message)
+
+
+# ---------------------------------------------------------------------------
+# Rendering.
+
+
+def overlays(root):
+    found = sorted(p.parent for p in
+                   (root / "deploy/kubernetes/overlays").glob("*/kustomization.yaml"))
+    expect(found, "no overlays in deploy/kubernetes/overlays")
+    return found
+
+
+def render(kubectl, directory):
+    proc = subprocess.run([kubectl, "kustomize", str(directory)],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise CheckError(f"kubectl kustomize {directory} exited "
+                         f"{proc.returncode}:\n{proc.stderr}")
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def flag(args, name):
+    """The value of --name=VALUE in args, or None."""
+    for a in args:
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def config_text_field(text, field):
+    m = re.search(rf'^\s*{field}:\s*"([^"]*)"', text, re.M)
+    return m.group(1) if m else None
+
+
+def check_probes(sidecar, where):
+    health = flag(sidecar.get("args", []), "health_address")
+    expect(health, f"{where}: kvgated has no --health_address for the probes")
+    port = int(health.rsplit(":", 1)[1])
+    expect(not health.startswith("127.") and not health.startswith("localhost"),
+           f"{where}: --health_address {health} is loopback; kubelet probes "
+           "dial the pod IP")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = sidecar.get(kind)
+        expect(probe, f"{where}: kvgated has no {kind}")
+        grpc = probe.get("grpc")
+        expect(grpc, f"{where}: kvgated's {kind} is not a gRPC probe")
+        expect(grpc.get("port") == port,
+               f"{where}: {kind} dials port {grpc.get('port')}, "
+               f"--health_address listens on {port}")
+    expect(sidecar["readinessProbe"]["grpc"].get("service") ==
+           "kvgate.v1.Admission",
+           f"{where}: readiness should ask for kvgate.v1.Admission")
+
+
+def check_gpu_access(sidecar, main_containers, where):
+    env = {e["name"]: e.get("value") for e in sidecar.get("env", [])}
+    expect(env.get("NVIDIA_VISIBLE_DEVICES") == "all",
+           f"{where}: kvgated needs NVIDIA_VISIBLE_DEVICES=all")
+    expect(env.get("NVIDIA_DRIVER_CAPABILITIES") == "utility",
+           f"{where}: kvgated needs NVIDIA_DRIVER_CAPABILITIES=utility")
+    resources = sidecar.get("resources", {})
+    for part in ("requests", "limits"):
+        taken = [r for r in resources.get(part, {}) if "gpu" in r.lower()]
+        expect(not taken, f"{where}: kvgated {part} {taken}: the sidecar must "
+               "not take a GPU from the model server")
+        for r in ("cpu", "memory"):
+            expect(r in resources.get(part, {}),
+                   f"{where}: kvgated has no {r} in resources.{part}")
+    expect(any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+               for c in main_containers),
+           f"{where}: no model server container requests nvidia.com/gpu")
+
+
+def check_security(sidecar, where):
+    sc = sidecar.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False}
+    for key, value in want.items():
+        expect(sc.get(key) is value,
+               f"{where}: kvgated securityContext.{key} should be {value}")
+    expect(isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] != 0,
+           f"{where}: kvgated needs a numeric non-root runAsUser")
+    expect(sc.get("capabilities", {}).get("drop") == ["ALL"],
+           f"{where}: kvgated must drop ALL capabilities")
+    expect(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+           f"{where}: kvgated needs seccompProfile RuntimeDefault")
+
+
+def mounts(container):
+    return {m["name"]: m for m in container.get("volumeMounts", [])}
+
+
+def check_volumes(spec, sidecar, main_containers, configmaps, where):
+    """Returns the config text the sidecar reads."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    config_path = flag(sidecar.get("args", []), "config")
+    expect(config_path, f"{where}: kvgated has no --config")
+    config_dir, config_file = os.path.split(config_path)
+    config_mount = [m for m in sidecar.get("volumeMounts", [])
+                    if m["mountPath"] == config_dir]
+    expect(config_mount, f"{where}: nothing mounted at {config_dir}")
+    config_volume = volumes.get(config_mount[0]["name"], {})
+    cm_name = config_volume.get("configMap", {}).get("name")
+    expect(cm_name in configmaps,
+           f"{where}: config volume names ConfigMap {cm_name}, which the "
+           f"overlay does not render (have: {sorted(configmaps)})")
+    text = configmaps[cm_name].get("data", {}).get(config_file)
+    expect(text, f"{where}: ConfigMap {cm_name} has no key {config_file}")
+
+    address = config_text_field(text, "grpc_address")
+    expect(address and address.startswith("unix:"),
+           f"{where}: the config's grpc_address {address} is not a unix socket")
+    socket_dir = os.path.dirname(address[len("unix:"):])
+    sidecar_socket = [m for m in sidecar.get("volumeMounts", [])
+                      if m["mountPath"] == socket_dir]
+    expect(sidecar_socket, f"{where}: kvgated does not mount {socket_dir}")
+    name = sidecar_socket[0]["name"]
+    expect("emptyDir" in volumes.get(name, {}),
+           f"{where}: socket volume {name} is not an emptyDir")
+    sharing = [c["name"] for c in main_containers
+               if mounts(c).get(name, {}).get("mountPath") == socket_dir]
+    expect(sharing, f"{where}: no model server container mounts the socket "
+           f"volume {name} at {socket_dir}")
+    for c in main_containers:
+        if c["name"] in sharing:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            expect(env.get("KVGATE_ADDRESS") == address,
+                   f"{where}: container {c['name']} has KVGATE_ADDRESS "
+                   f"{env.get('KVGATE_ADDRESS')}, kvgated listens on {address}")
+    return text
+
+
+def check_monitoring(docs, pod_labels, sidecar, config_text, where):
+    podmonitors = by_kind(docs, "PodMonitor")
+    expect(len(podmonitors) == 1, f"{where}: {len(podmonitors)} PodMonitors")
+    pm = podmonitors[0]["spec"]
+    selector = pm["selector"]["matchLabels"]
+    expect(all(pod_labels.get(k) == v for k, v in selector.items()),
+           f"{where}: pod labels {pod_labels} do not match the PodMonitor "
+           f"selector {selector}")
+    ports = {p.get("name"): p for p in sidecar.get("ports", [])}
+    metrics_port = int(config_text_field(config_text,
+                                         "metrics_address").rsplit(":", 1)[1])
+    for endpoint in pm["podMetricsEndpoints"]:
+        expect(endpoint["port"] in ports,
+               f"{where}: PodMonitor scrapes port {endpoint['port']}, which "
+               f"kvgated does not name (has {sorted(ports)})")
+        expect(ports[endpoint["port"]]["containerPort"] == metrics_port,
+               f"{where}: port {endpoint['port']} is "
+               f"{ports[endpoint['port']]['containerPort']}, the config's "
+               f"metrics_address listens on {metrics_port}")
+    services = [s for s in by_kind(docs, "Service")
+                if s["metadata"]["name"] == "kvgate-metrics"]
+    expect(services, f"{where}: no kvgate-metrics Service")
+    svc = services[0]["spec"]
+    expect(all(pod_labels.get(k) == v for k, v in svc["selector"].items()),
+           f"{where}: kvgate-metrics selects {svc['selector']}, the pod has "
+           f"{pod_labels}")
+    expect(all(p["targetPort"] in ports for p in svc["ports"]),
+           f"{where}: kvgate-metrics targets ports kvgated does not name")
+    expect(by_kind(docs, "PrometheusRule"), f"{where}: no PrometheusRule")
+    expect(any(c["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+               for c in by_kind(docs, "ConfigMap")),
+           f"{where}: no dashboard ConfigMap")
+
+
+def validate_config(kvgated, text, file_name, where):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / file_name
+        path.write_text(text)
+        proc = subprocess.run([kvgated, "--validate", f"--config={path}"],
+                              capture_output=True, text=True, timeout=60)
+    print(f"{where}: {proc.stdout.strip()}")
+    expect(proc.returncode == 0 and "configuration is valid" in proc.stdout,
+           f"{where}: kvgated --validate exited {proc.returncode}: "
+           f"{proc.stderr.strip()}")
+
+
+def check_render(root, kvgated):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        print("SKIP: kubectl not found; the manifests were NOT rendered or "
+              "checked (install kubectl >= 1.27 with kustomize 5)")
+        return SKIP
+    version = subprocess.run([kubectl, "version", "--client"],
+                             capture_output=True, text=True).stdout
+    print(version.strip())
+    for overlay in overlays(root):
+        where = str(overlay.relative_to(root))
+        docs = render(kubectl, overlay)
+        configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+        injected = 0
+        for deployment in by_kind(docs, "Deployment"):
+            spec = deployment["spec"]["template"]["spec"]
+            sidecars = [c for c in spec.get("initContainers", [])
+                        if c["name"] == SIDECAR]
+            if not sidecars:
+                continue
+            injected += 1
+            at = f"{where}: Deployment {deployment['metadata']['name']}"
+            expect(all(c["name"] != SIDECAR for c in spec["containers"]),
+                   f"{at}: kvgated is also a regular container")
+            sidecar = sidecars[0]
+            expect(sidecar.get("restartPolicy") == "Always",
+                   f"{at}: kvgated is not a native sidecar "
+                   "(initContainers entry with restartPolicy: Always)")
+            check_probes(sidecar, at)
+            check_gpu_access(sidecar, spec["containers"], at)
+            check_security(sidecar, at)
+            text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
+            labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+            check_monitoring(docs, labels, sidecar, text, at)
+            config_file = os.path.basename(flag(sidecar["args"], "config"))
+            validate_config(kvgated, text, config_file, at)
+        expect(injected >= 1, f"{where}: no Deployment with the kvgated sidecar")
+        print(f"{where}: {len(docs)} resources, {injected} Deployment(s) with "
+              "the kvgated sidecar: all checks passed")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The config on its own, yamllint, the Dockerfile.
+
+
+def check_config(root, kvgated):
+    path = root / "deploy/kubernetes/base/kvgate.txtpb"
+    validate_config(kvgated, path.read_text(), path.name, "base/kvgate.txtpb")
+    return 0
+
+
+def lint_targets(root):
+    files = sorted((root / "deploy/kubernetes").rglob("*.yaml"))
+    files += [root / "deploy/prometheus/kustomization.yaml",
+              root / "deploy/grafana/kustomization.yaml"]
+    return files
+
+
+def check_lint(root, _):
+    yamllint = shutil.which("yamllint")
+    expect(yamllint, "yamllint not found: install Debian's `yamllint` "
+           "(scripts/install-deps.sh)")
+    config = root / "deploy/kubernetes/.yamllint.yaml"
+    files = [str(f) for f in lint_targets(root)]
+    proc = subprocess.run([yamllint, "--strict", "-c", str(config)] + files,
+                          capture_output=True, text=True, timeout=60)
+    print(proc.stdout + proc.stderr)
+    expect(proc.returncode == 0, f"yamllint exited {proc.returncode}")
+    print(f"yamllint: {len(files)} files clean")
+    return 0
+
+
+def dockerfile_stages(text):
+    return re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I)
+
+
+def runtime_packages(root):
+    script = (root / "scripts/install-deps.sh").read_text()
+    m = re.search(r"RUNTIME_PACKAGES=\(([^)]*)\)", script)
+    expect(m, "scripts/install-deps.sh has no RUNTIME_PACKAGES")
+    return m.group(1).split()
+
+
+def depends_closure(packages):
+    """`packages` and everything they depend on, as dpkg records it here."""
+    seen, todo = set(), list(packages)
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Depends},${Pre-Depends}", p],
+                              capture_output=True, text=True)
+        for alternative in re.split(r"[,|]", proc.stdout):
+            name = alternative.strip().split(" ")[0].split(":")[0]
+            if name:
+                todo.append(name)
+    return seen
+
+
+def check_runtime_libraries(root, kvgated):
+    proc = subprocess.run(["ldd", kvgated], capture_output=True, text=True)
+    expect(proc.returncode == 0, f"ldd {kvgated} failed: {proc.stderr}")
+    libraries = re.findall(r"=>\s+(/\S+)", proc.stdout)
+    covered = depends_closure(runtime_packages(root) + ["libc6", "libstdc++6",
+                                                        "libgcc-s1"])
+    missing = []
+    for lib in libraries:
+        owner = subprocess.run(["dpkg", "-S", os.path.realpath(lib)],
+                               capture_output=True, text=True)
+        if owner.returncode != 0:
+            owner = subprocess.run(["dpkg", "-S", lib], capture_output=True,
+                                   text=True)
+        package = owner.stdout.split(":")[0] if owner.returncode == 0 else None
+        if package not in covered:
+            missing.append(f"{lib} ({package or 'no package'})")
+    expect(not missing, "kvgated loads libraries that install-deps.sh "
+           "--runtime does not install: " + ", ".join(missing))
+    print(f"runtime image: {len(libraries)} shared libraries of kvgated, all "
+          f"from RUNTIME_PACKAGES ({', '.join(runtime_packages(root))}) or "
+          "their dependencies")
+
+
+def check_dockerfile(root, kvgated):
+    text = (root / "deploy/docker/Dockerfile").read_text()
+    stages = dockerfile_stages(text)
+    expect(len(stages) >= 2, f"Dockerfile has {len(stages)} stage(s); "
+           "expected a build and a runtime stage")
+    default = re.search(r"^ARG\s+DEBIAN_IMAGE=(\S+)", text, re.M)
+    for image, name in stages:
+        resolved = image.replace("${DEBIAN_IMAGE}",
+                                 default.group(1) if default else "")
+        expect(re.fullmatch(r"debian:bookworm(-slim)?(@sha256:\w+)?", resolved),
+               f"stage {name or image} is based on {resolved}, not Debian bookworm")
+    runtime = text[text.rfind("\nFROM "):]
+    build = text[:text.rfind("\nFROM ")]
+    expect(re.search(r"install-deps\.sh(\s|$)", build) and
+           "install-deps.sh --runtime" not in build,
+           "the build stage must install with scripts/install-deps.sh")
+    expect("install-deps.sh --runtime" in runtime,
+           "the runtime stage must install with install-deps.sh --runtime")
+    expect(not re.search(r"^COPY\s+(\.|--chown\S*\s+\.)\s", runtime, re.M),
+           "the runtime stage must not copy the source tree")
+    expect(re.search(r"^COPY --from=\S+\s+\S*kvgated\s", runtime, re.M),
+           "the runtime stage must copy kvgated from the build stage")
+    users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
+    expect(users, "the runtime stage sets no USER")
+    uid = users[-1].split(":")[0]
+    expect(uid.isdigit() and int(uid) != 0,
+           f"USER {users[-1]} should be a numeric non-root uid "
+           "(runAsNonRoot cannot verify a name)")
+    entry = re.findall(r"^ENTRYPOINT\s+(.+)$", runtime, re.M)
+    expect(entry and re.fullmatch(r'\["[^"]*/kvgated"\]', entry[-1].strip()),
+           f"ENTRYPOINT should be [\".../kvgated\"] in exec form, is {entry}")
+    # The sidecar and the image agree on the user.
+    sidecar = (root / "deploy/kubernetes/components/sidecar/sidecar.yaml").read_text()
+    m = re.search(r"runAsUser:\s*(\d+)", sidecar)
+    expect(m and m.group(1) == uid,
+           f"the sidecar runs as {m and m.group(1)}, the image as {uid}")
+    ignore = root / ".dockerignore"
+    expect(ignore.exists(), "no .dockerignore at the build context root")
+    ignored = ignore.read_text().split()
+    for entry_name in (".git", "build"):
+        expect(entry_name in ignored, f".dockerignore should exclude {entry_name}")
+    print("Dockerfile: stages " + ", ".join(n or i for i, n in stages) +
+          f"; USER {users[-1]}; ENTRYPOINT {entry[-1].strip()} "
+          "(static checks only: no image was built)")
+    check_runtime_libraries(root, kvgated)
+    return 0
+
+
+CHECKS = {
+    "render": check_render,
+    "config": check_config,
+    "lint": check_lint,
+    "dockerfile": check_dockerfile,
+}
+
+
+def main(argv):
+    args = [a for a in argv[1:] if not a.startswith("--kvgated=")]
+    kvgated = next((a.split("=", 1)[1] for a in argv[1:]
+                    if a.startswith("--kvgated=")), None)
+    if len(args) != 2 or args[1] not in CHECKS:
+        print(__doc__)
+        return 2
+    root = pathlib.Path(args[0]).resolve()
+    if args[1] in ("render", "config", "dockerfile") and not kvgated:
+        print(f"{args[1]} needs --kvgated=PATH")
+        return 2
+    try:
+        expect(not kvgated or os.access(kvgated, os.X_OK),
+               f"kvgated binary {kvgated} not found (build the kvgated target)")
+        return CHECKS[args[1]](root, kvgated)
+    except CheckError as e:
+        print(f"FAIL: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
