@@ -1,4 +1,5 @@
 # Project-wide warning and sanitizer flags, applied through kvgate_target().
+option(KVGATE_BUILD_FUZZERS "Build the libFuzzer targets in tests/fuzz (clang)" OFF)
 add_library(kvgate_flags INTERFACE)
 target_compile_options(kvgate_flags INTERFACE -Wall -Wextra)
 if(KVGATE_WERROR)
@@ -8,6 +9,19 @@ if(KVGATE_SANITIZE)
   target_compile_options(kvgate_flags INTERFACE
     -fsanitize=${KVGATE_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
   target_link_options(kvgate_flags INTERFACE -fsanitize=${KVGATE_SANITIZE})
+  # ThreadSanitizer cannot see Debian's prebuilt absl::Mutex: every
+  # executable gets the annotating wrappers (docs/sanitizers.md).
+  if(KVGATE_SANITIZE MATCHES "thread")
+    target_sources(kvgate_flags INTERFACE
+      $<$<STREQUAL:$<TARGET_PROPERTY:TYPE>,EXECUTABLE>:${PROJECT_SOURCE_DIR}/tests/sanitizers/tsan_absl_sync.cc>)
+    target_link_libraries(kvgate_flags INTERFACE ${CMAKE_DL_LIBS})
+  endif()
+endif()
+# libFuzzer targets (tests/fuzz; clang with KVGATE_SANITIZE=address,...
+# only): every library gets coverage instrumentation
+# so that the fuzzers are guided through kvgate's code.
+if(KVGATE_BUILD_FUZZERS)
+  target_compile_options(kvgate_flags INTERFACE -fsanitize=fuzzer-no-link)
 endif()
 
 # kvgate_test(NAME SOURCES... LIBS ...): a GoogleTest binary registered with ctest.

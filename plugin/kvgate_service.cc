@@ -7,6 +7,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "plugin/admit_request.h"
 
 namespace kvgate {
 namespace {
@@ -58,21 +59,6 @@ Status EstimateShapes(const ModelPool& pool, const Shapes& shapes,
   return Status::OK;
 }
 
-absl::StatusOr<Priority> ToPriority(int value) {
-  switch (value) {
-    case kvgate::v1::PRIORITY_UNSPECIFIED:
-    case kvgate::v1::STANDARD:
-      return Priority::kStandard;
-    case kvgate::v1::CRITICAL:
-      return Priority::kCritical;
-    case kvgate::v1::SHEDDABLE:
-      return Priority::kSheddable;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("priority: unknown value ", value));
-  }
-}
-
 // Fills an AdmitResponse from the controller's answer; the gRPC status of
 // the call (CANCELLED for a request cancelled while queued, else OK).
 Status ToResponse(AdmitOutcome outcome, kvgate::v1::AdmitResponse* response) {
@@ -120,8 +106,10 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
  public:
   AdmitReactor(std::unique_ptr<AdmitCall> call, Controller* controller,
                uint64_t handle, KvgateMetrics* metrics, Clock* clock,
-               absl::Time start, kvgate::v1::AdmitResponse* response)
+               absl::Time start, kvgate::v1::AdmitResponse* response,
+               grpc::CallbackServerContext* context)
       : call_(std::move(call)),
+        context_(context),
         controller_(controller),
         handle_(handle),
         metrics_(metrics),
@@ -130,12 +118,21 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
         response_(response) {}
 
   void OnCancel() override { controller_->Cancel(handle_); }
-  void OnDone() override { delete this; }
+  // A lease granted to a caller that was gone (cancelled, or past its
+  // deadline) before the answer reached it is one it will never release:
+  // give it back now rather than hold the bytes until the lease's TTL.
+  void OnDone() override {
+    if (!granted_lease_.empty() && context_->IsCancelled()) {
+      controller_->Release(granted_lease_).IgnoreError();
+    }
+    delete this;
+  }
 
   // For a reactor that was never returned to gRPC.
   std::unique_ptr<AdmitCall> TakeCall() { return std::move(call_); }
 
   void Answer(AdmitOutcome outcome) {
+    if (outcome.admitted) granted_lease_ = outcome.lease_id;
     const Status status = ToResponse(std::move(outcome), response_);
     if (metrics_ != nullptr) {
       metrics_->ObserveAdmitDuration(clock_->Now() - start_);
@@ -145,6 +142,8 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
 
  private:
   std::unique_ptr<AdmitCall> call_;
+  grpc::CallbackServerContext* const context_;
+  std::string granted_lease_;  // set when answered ADMITTED
   Controller* const controller_;
   const uint64_t handle_;
   KvgateMetrics* const metrics_;
@@ -194,67 +193,36 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
   CallerIdentity caller;
   Status status = Authorize(context, &caller);
   if (status.ok()) status = FindPool(request->model(), &pool);
-  AdmitTicket ticket;
-  Shapes shapes;
-  BatchEstimate estimate;
-  if (status.ok() && request->request_id().empty()) {
-    status = Invalid("request_id: is required");
-  }
-  if (status.ok() && (request->request_id().size() > options_.max_id_bytes ||
-                      request->tenant().size() > options_.max_id_bytes)) {
-    status = Invalid(absl::StrCat("request_id and tenant: at most ",
-                                  options_.max_id_bytes, " bytes"));
-  }
+  const absl::Time now = clock_->Now();
+  absl::StatusOr<AdmitTicket> ticket = absl::FailedPreconditionError("");
   if (status.ok()) {
-    absl::StatusOr<Priority> priority = ToPriority(request->priority());
-    if (!priority.ok()) {
-      status = FromAbsl(priority.status());
-    } else {
-      ticket.priority = *priority;
-      // CRITICAL jumps the queue and sheds others: only for callers allowed.
-      if (options_.authenticator != nullptr && !caller.allow_critical &&
-          ticket.priority == Priority::kCritical) {
-        ticket.priority = Priority::kStandard;
-      }
-    }
+    ticket = TicketFromRequest(
+        *request, pool->model(),
+        AdmitRequestLimits{options_.max_sequences, options_.max_id_bytes}, now);
+    if (!ticket.ok()) status = FromAbsl(ticket.status());
   }
-  if (status.ok() && request->has_max_queue_wait() &&
-      (request->max_queue_wait().seconds() < 0 ||
-       request->max_queue_wait().nanos() < 0)) {
-    status = Invalid("max_queue_wait: must not be negative");
-  }
-  if (status.ok())
-    status = ToShapes(request->sequences(), options_.max_sequences, &shapes);
-  if (status.ok()) status = EstimateShapes(*pool, shapes, &estimate);
-
   if (!status.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(status);
     return reactor;
   }
-  const absl::Time now = clock_->Now();
-  ticket.request_id = request->request_id();
-  ticket.tenant = options_.authenticator != nullptr ? std::move(caller.tenant)
-                                                    : request->tenant();
-  ticket.cost.kv_bytes = estimate.kv_cache_bytes;
-  ticket.cost.activation_bytes = estimate.activation_bytes;
-  // The deadline is the earlier of the gRPC deadline and max_queue_wait;
-  // the controller caps it further at its configured maximum.
-  absl::Time deadline = absl::InfiniteFuture();
+  if (options_.authenticator != nullptr) {
+    ticket->tenant = std::move(caller.tenant);
+    // CRITICAL jumps the queue and sheds others: only for callers allowed.
+    if (!caller.allow_critical && ticket->priority == Priority::kCritical) {
+      ticket->priority = Priority::kStandard;
+    }
+  }
+  // The deadline is the earlier of the gRPC deadline and max_queue_wait
+  // (set by TicketFromRequest); the controller caps it further at its
+  // configured maximum.
   if (context->deadline() != std::chrono::system_clock::time_point::max()) {
     // The gRPC deadline is on the system clock; carry the remaining time
     // over to the injected clock.
     const absl::Duration left =
         absl::FromChrono(context->deadline()) - absl::Now();
-    deadline = now + left;
+    ticket->deadline = std::min(ticket->deadline, now + left);
   }
-  if (request->has_max_queue_wait()) {
-    const absl::Duration wait =
-        absl::Seconds(request->max_queue_wait().seconds()) +
-        absl::Nanoseconds(request->max_queue_wait().nanos());
-    if (wait > absl::ZeroDuration()) deadline = std::min(deadline, now + wait);
-  }
-  ticket.deadline = deadline;
   if (draining_.load(std::memory_order_relaxed)) {
     response->set_decision(kvgate::v1::REJECTED);
     response->set_reason("DRAINING");
@@ -268,7 +236,7 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
   AdmitCall* raw = call.get();
   Controller& controller = pool->controller();
   absl::StatusOr<uint64_t> handle =
-      controller.Admit(std::move(ticket), [raw](AdmitOutcome outcome) {
+      controller.Admit(*std::move(ticket), [raw](AdmitOutcome outcome) {
         raw->outcome = std::move(outcome);
         int expected = AdmitCall::kPending;
         if (raw->state.compare_exchange_strong(expected, AdmitCall::kAnswered,
@@ -287,7 +255,7 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
     // Queued: hand over to a reactor of its own, unless the answer arrives
     // from another thread in the meantime.
     auto* reactor = new AdmitReactor(std::move(call), &controller, *handle,
-                                     metrics_, clock_, now, response);
+                                     metrics_, clock_, now, response, context);
     raw->reactor = reactor;
     int expected = AdmitCall::kPending;
     if (raw->state.compare_exchange_strong(expected, AdmitCall::kHandedOver,
