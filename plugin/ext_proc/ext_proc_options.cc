@@ -71,8 +71,7 @@ absl::StatusOr<ExtProcOptions> ResolveExtProcConfig(
   }
   if (options.max_hold <= absl::ZeroDuration() ||
       options.max_hold > kMaxHoldLimit) {
-    return absl::InvalidArgumentError(
-        "ext_proc.max_hold: must be in (0, 10m]");
+    return absl::InvalidArgumentError("ext_proc.max_hold: must be in (0, 10m]");
   }
   return options;
 }

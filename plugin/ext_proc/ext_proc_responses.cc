@@ -39,9 +39,10 @@ HttpError RejectionError(const AdmitOutcome& outcome) {
   error.status = 503;
   error.type = "service_unavailable";
   error.code = std::string(RejectReasonName(outcome.reason));
-  error.message = outcome.message.empty()
-                      ? absl::StrCat("kvgate rejected the request: ", error.code)
-                      : outcome.message;
+  error.message =
+      outcome.message.empty()
+          ? absl::StrCat("kvgate rejected the request: ", error.code)
+          : outcome.message;
   for (const RejectionRow& row : kRejections) {
     if (row.reason != outcome.reason) continue;
     error.status = row.status;
@@ -131,7 +132,8 @@ ProcessingResponse ContinueResponse(ExtProcPhase phase) {
 ProcessingResponse ExtendTimeout(absl::Duration timeout) {
   ProcessingResponse response;
   auto* d = response.mutable_override_message_timeout();
-  const int64_t seconds = absl::IDivDuration(timeout, absl::Seconds(1), &timeout);
+  const int64_t seconds =
+      absl::IDivDuration(timeout, absl::Seconds(1), &timeout);
   d->set_seconds(seconds);
   d->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(timeout)));
   return response;

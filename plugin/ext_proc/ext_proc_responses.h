@@ -25,10 +25,10 @@ inline constexpr char kReservedBytesHeader[] = "x-kvgate-reserved-bytes";
 
 // How a rejection or an error reaches the HTTP client.
 struct HttpError {
-  int status = 500;          // HTTP status code
-  std::string type;          // OpenAI error type, e.g. "rate_limit_exceeded"
-  std::string code;          // machine-readable, e.g. "QUEUE_TIMEOUT"
-  std::string message;       // for people
+  int status = 500;     // HTTP status code
+  std::string type;     // OpenAI error type, e.g. "rate_limit_exceeded"
+  std::string code;     // machine-readable, e.g. "QUEUE_TIMEOUT"
+  std::string message;  // for people
   // When set (> 0), a Retry-After header in whole seconds, rounded up.
   absl::Duration retry_after;
 };

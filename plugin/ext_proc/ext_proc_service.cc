@@ -47,8 +47,7 @@ HttpError Unavailable(absl::string_view code, absl::string_view message) {
 
 std::string RandomPrefix() {
   absl::BitGen gen;
-  return absl::StrFormat("extproc-%016x",
-                         absl::Uniform<uint64_t>(gen));
+  return absl::StrFormat("extproc-%016x", absl::Uniform<uint64_t>(gen));
 }
 
 // A header's bytes: raw_value (what current Envoy sends), else value.
@@ -129,12 +128,12 @@ class ExtProcService::Stream final
 
  private:
   enum class State {
-    kHeaders,     // waiting for request_headers
-    kBody,        // reading the request body
-    kAdmitting,   // body read; waiting for the controller
-    kAdmitted,    // forwarded upstream with a lease
-    kPassThrough, // not gated
-    kAnswered     // an immediate response was sent
+    kHeaders,      // waiting for request_headers
+    kBody,         // reading the request body
+    kAdmitting,    // body read; waiting for the controller
+    kAdmitted,     // forwarded upstream with a lease
+    kPassThrough,  // not gated
+    kAnswered      // an immediate response was sent
   };
 
   // Work for the controller, done after `mu_` is released.
@@ -300,19 +299,19 @@ class ExtProcService::Stream final
     }
     ModelPool* pool = service_->registry_->Find(parsed->model);
     if (pool == nullptr) {
-      RejectLocked({404, "invalid_request_error", "MODEL_NOT_FOUND",
-                    absl::StrCat("The model '",
-                                 parsed->model.substr(0, kMaxTenantBytes),
-                                 "' is not served here"),
-                    absl::ZeroDuration()});
+      RejectLocked(
+          {404, "invalid_request_error", "MODEL_NOT_FOUND",
+           absl::StrCat("The model '", parsed->model.substr(0, kMaxTenantBytes),
+                        "' is not served here"),
+           absl::ZeroDuration()});
       return {};
     }
     const uint64_t sequences =
         static_cast<uint64_t>(parsed->prompts.size()) * parsed->n;
     if (sequences > static_cast<uint64_t>(options.max_sequences)) {
-      RejectLocked(BadRequest(absl::StrCat(
-          "n x prompts: ", sequences, " sequences exceed the limit of ",
-          options.max_sequences)));
+      RejectLocked(BadRequest(absl::StrCat("n x prompts: ", sequences,
+                                           " sequences exceed the limit of ",
+                                           options.max_sequences)));
       return {};
     }
     const uint64_t max_new =
@@ -357,9 +356,8 @@ class ExtProcService::Stream final
     } else if (prompt.token_ids.has_value()) {
       tokens = *prompt.token_ids;
     } else {
-      const double estimate =
-          static_cast<double>(prompt.text_bytes) /
-          service_->options_.bytes_per_token;
+      const double estimate = static_cast<double>(prompt.text_bytes) /
+                              service_->options_.bytes_per_token;
       // text_bytes is bounded by max_body_bytes (<= 1 GiB), so this fits.
       tokens = static_cast<uint64_t>(std::ceil(estimate));
     }
@@ -369,7 +367,10 @@ class ExtProcService::Stream final
   // Runs what HandleLocked decided, outside `mu_`.
   void Run(Action action) {
     if (!action.release_lease.empty()) {
-      action.pool->controller().Release(action.release_lease).status().IgnoreError();
+      action.pool->controller()
+          .Release(action.release_lease)
+          .status()
+          .IgnoreError();
     }
     if (action.admit.has_value()) Submit(action.pool, *std::move(action.admit));
   }
@@ -425,7 +426,8 @@ class ExtProcService::Stream final
         RejectLocked(RejectionError(outcome));
       }
     }
-    if (!release.empty()) pool->controller().Release(release).status().IgnoreError();
+    if (!release.empty())
+      pool->controller().Release(release).status().IgnoreError();
     if (last) delete this;
   }
 
@@ -439,10 +441,9 @@ class ExtProcService::Stream final
     for (size_t i = 0; i < held_.size(); ++i) {
       ProcessingResponse response = ContinueResponse(held_[i]);
       if (i == last_body) {
-        AddAdmittedHeaders(reserved_bytes_,
-                           *response.mutable_request_body()
-                                ->mutable_response()
-                                ->mutable_header_mutation());
+        AddAdmittedHeaders(reserved_bytes_, *response.mutable_request_body()
+                                                 ->mutable_response()
+                                                 ->mutable_header_mutation());
       }
       WriteLocked(std::move(response));
     }
@@ -531,7 +532,7 @@ class ExtProcService::Stream final
 
   ModelPool* pool_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool admit_pending_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t handle_ ABSL_GUARDED_BY(mu_) = 0;  // while queued
+  uint64_t handle_ ABSL_GUARDED_BY(mu_) = 0;   // while queued
   std::string lease_id_ ABSL_GUARDED_BY(mu_);  // until released
   uint64_t reserved_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -48,8 +48,7 @@ bool NestingWithin(absl::string_view body, int limit) {
 
 // A non-negative integer field of at most `max`; nullopt when absent or null.
 absl::StatusOr<std::optional<uint64_t>> Count(const Json& object,
-                                              const char* field,
-                                              uint64_t max) {
+                                              const char* field, uint64_t max) {
   const auto it = object.find(field);
   if (it == object.end() || it->is_null()) return std::nullopt;
   if (!it->is_number_integer() ||
@@ -58,7 +57,8 @@ absl::StatusOr<std::optional<uint64_t>> Count(const Json& object,
   }
   const uint64_t value = it->get<uint64_t>();
   if (value > max) {
-    return Invalid(absl::StrCat(field, ": ", value, " exceeds the limit of ", max));
+    return Invalid(
+        absl::StrCat(field, ": ", value, " exceeds the limit of ", max));
   }
   return value;
 }
@@ -69,8 +69,8 @@ absl::StatusOr<uint64_t> ContentBytes(const Json& content, size_t index) {
   if (content.is_null()) return 0;  // e.g. an assistant message with tool calls
   if (content.is_string()) return content.get_ref<const std::string&>().size();
   if (!content.is_array()) {
-    return Invalid(absl::StrCat("messages[", index,
-                                "].content: must be a string or a list of parts"));
+    return Invalid(absl::StrCat(
+        "messages[", index, "].content: must be a string or a list of parts"));
   }
   uint64_t bytes = 0;
   for (const Json& part : content) {
@@ -151,8 +151,9 @@ absl::Status ReadPrompt(const Json& request, const OpenAiParseLimits& limits,
     } else if (IsTokenIdList(item)) {
       out.prompts.push_back({0, item.size()});
     } else {
-      return Invalid(absl::StrCat(
-          "prompt[", i, "]: must be a string or a non-empty list of token ids"));
+      return Invalid(
+          absl::StrCat("prompt[", i,
+                       "]: must be a string or a non-empty list of token ids"));
     }
   }
   return absl::OkStatus();
@@ -176,9 +177,8 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(
     return Invalid(absl::StrCat("body: JSON nested deeper than ",
                                 limits.max_depth, " levels"));
   }
-  const Json request =
-      Json::parse(body.begin(), body.end(), /*cb=*/nullptr,
-                  /*allow_exceptions=*/false);
+  const Json request = Json::parse(body.begin(), body.end(), /*cb=*/nullptr,
+                                   /*allow_exceptions=*/false);
   if (request.is_discarded()) return Invalid("body: is not valid JSON");
   if (!request.is_object()) return Invalid("body: must be a JSON object");
 

@@ -1,0 +1,641 @@
+// The real kvgated driven over envoy.service.ext_proc.v3.ExternalProcessor
+// the way Envoy's ext_proc filter drives it: request headers, the request
+// body (whole, or in chunks), response headers and a streamed response body
+// to end_of_stream; a client abort mid-stream; a stream held while memory is
+// short. After each, GetBudget on the Admission service shows every lease
+// released.
+//
+// The pool serves the gpt2 preset with a capacity of exactly two requests of
+// one shape (100 prompt tokens + 28 new tokens), whose bytes come from the
+// server's own Estimate RPC.
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "envoy/service/ext_proc/v3/external_processor.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kvgate/v1/admission.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "tests/integration/kvgated_process.h"
+
+namespace kvgate {
+namespace {
+
+using envoy::service::ext_proc::v3::ExternalProcessor;
+using envoy::service::ext_proc::v3::HeaderMutation;
+using envoy::service::ext_proc::v3::ProcessingRequest;
+using envoy::service::ext_proc::v3::ProcessingResponse;
+using kvgate::v1::Admission;
+
+constexpr char kModel[] = "gpt2";
+constexpr uint32_t kPromptTokens = 100;
+constexpr uint32_t kMaxNewTokens = 28;
+constexpr absl::Duration kWait = absl::Seconds(5);
+
+// An ext_proc stream as Envoy holds it: messages go out in order, answers
+// are collected as they arrive.
+class EnvoyStream final
+    : public grpc::ClientBidiReactor<ProcessingRequest, ProcessingResponse> {
+ public:
+  explicit EnvoyStream(ExternalProcessor::Stub* stub) {
+    context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    stub->async()->Process(&context_, this);
+    StartRead(&incoming_);
+    StartCall();
+  }
+  ~EnvoyStream() override {
+    context_.TryCancel();
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Seconds(10));
+  }
+
+  void Send(const ProcessingRequest& request) {
+    absl::MutexLock lock(&mu_);
+    outgoing_.push_back(request);
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&outgoing_.front());
+    }
+  }
+  // Envoy is done with the request (half-close).
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    close_pending_ = true;
+    if (!writing_) StartWritesDone();
+  }
+  // The client went away or the upstream reset: Envoy resets the stream.
+  void Abort() { context_.TryCancel(); }
+
+  // The next answer, or nullopt when none arrives within `wait`.
+  std::optional<ProcessingResponse> Next(absl::Duration wait = kWait) {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !received_.empty() || reads_done_;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
+    if (received_.empty()) return std::nullopt;
+    ProcessingResponse r = std::move(received_.front());
+    received_.pop_front();
+    return r;
+  }
+
+  grpc::Status Status(absl::Duration wait = kWait) {
+    absl::MutexLock lock(&mu_);
+    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), wait)) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "(test) open");
+    }
+    return status_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    outgoing_.pop_front();
+    if (!ok) outgoing_.clear();
+    if (!outgoing_.empty()) {
+      StartWrite(&outgoing_.front());
+      return;
+    }
+    writing_ = false;
+    if (close_pending_ && ok) StartWritesDone();
+  }
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (!ok) {
+      reads_done_ = true;
+      return;
+    }
+    received_.push_back(incoming_);
+    StartRead(&incoming_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    status_ = status;
+    done_ = true;
+  }
+
+ private:
+  grpc::ClientContext context_;
+  ProcessingResponse incoming_;
+  absl::Mutex mu_;
+  std::deque<ProcessingRequest> outgoing_ ABSL_GUARDED_BY(mu_);
+  std::deque<ProcessingResponse> received_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool close_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+// Envoy's messages. Header values travel in raw_value, as Envoy sends them.
+ProcessingRequest RequestHeaders(
+    const std::string& method, const std::string& path,
+    const std::vector<std::pair<std::string, std::string>>& extra = {},
+    bool end_of_stream = false) {
+  ProcessingRequest r;
+  auto* headers = r.mutable_request_headers();
+  auto add = [headers](const std::string& k, const std::string& v) {
+    auto* h = headers->mutable_headers()->add_headers();
+    h->set_key(k);
+    h->set_raw_value(v);
+  };
+  add(":method", method);
+  add(":path", path);
+  add(":authority", "engine");
+  add("content-type", "application/json");
+  for (const auto& [k, v] : extra) add(k, v);
+  headers->set_end_of_stream(end_of_stream);
+  return r;
+}
+ProcessingRequest RequestBody(const std::string& bytes, bool end_of_stream) {
+  ProcessingRequest r;
+  r.mutable_request_body()->set_body(bytes);
+  r.mutable_request_body()->set_end_of_stream(end_of_stream);
+  return r;
+}
+ProcessingRequest ResponseHeaders(bool end_of_stream) {
+  ProcessingRequest r;
+  auto* h = r.mutable_response_headers()->mutable_headers()->add_headers();
+  h->set_key(":status");
+  h->set_raw_value("200");
+  r.mutable_response_headers()->set_end_of_stream(end_of_stream);
+  return r;
+}
+ProcessingRequest ResponseBody(const std::string& bytes, bool end_of_stream) {
+  ProcessingRequest r;
+  r.mutable_response_body()->set_body(bytes);
+  r.mutable_response_body()->set_end_of_stream(end_of_stream);
+  return r;
+}
+
+// The raw_value of `key` in `mutation`; nullopt when not set. Fails the test
+// when a value is carried in the ignored `value` field instead.
+std::optional<std::string> Header(const HeaderMutation& mutation,
+                                  const std::string& key) {
+  for (const auto& option : mutation.set_headers()) {
+    if (option.header().key() != key) continue;
+    EXPECT_EQ(option.header().value(), "") << key << " must use raw_value";
+    return option.header().raw_value();
+  }
+  return std::nullopt;
+}
+
+// A chat completion whose size comes from the trusted token-count header.
+std::string ChatBody(const std::string& model = kModel) {
+  return nlohmann::json{
+      {"model", model},
+      {"messages",
+       {{{"role", "user"}, {"content", "Tell me about KV caches."}}}},
+      {"max_tokens", kMaxNewTokens},
+      {"stream", true}}
+      .dump();
+}
+const std::vector<std::pair<std::string, std::string>> kChatHeaders = {
+    {"x-kvgate-prompt-tokens", absl::StrCat(kPromptTokens)},
+    {"x-kvgate-tenant", "tenant-a"}};
+
+struct ShapeBytes {
+  uint64_t kv = 0;
+  uint64_t activation = 0;
+  uint64_t weights = 0;
+  uint64_t total() const { return kv + activation; }
+};
+
+class ExtProcTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    KvgatedProcess::Options options;
+    options.binary = KVGATED_PATH;
+    options.address = UniqueUnixAddress("extproc_probe");
+    const std::string config = WriteTempFile(
+        "_probe.txtpb",
+        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" }\n"));
+    options.args = {"--config=" + config, "--grpc_address=" + options.address};
+    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
+        KvgatedProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto stub = Admission::NewStub((*server)->NewChannel());
+    kvgate::v1::EstimateRequest request;
+    request.set_model(kModel);
+    request.add_sequences()->set_prompt_tokens(kPromptTokens);
+    request.mutable_sequences(0)->set_max_new_tokens(kMaxNewTokens);
+    kvgate::v1::EstimateResponse estimate;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub->Estimate(&context, request, &estimate).ok());
+    shape_ = {estimate.kv_cache_bytes(), estimate.activation_bytes(),
+              estimate.weights_bytes()};
+    std::remove(config.c_str());
+  }
+
+  // kvgated with room for exactly two requests; ext_proc on its own socket.
+  void StartServer(const std::string& ext_proc_extra = "",
+                   const std::string& queue = "") {
+    ASSERT_GT(shape_.kv, 0u);
+    KvgatedProcess::Options options;
+    options.binary = KVGATED_PATH;
+    options.address = UniqueUnixAddress("extproc_main");
+    const std::string ext_proc_address = UniqueUnixAddress("extproc_envoy");
+    const uint64_t capacity = 2 * shape_.kv + shape_.activation;
+    config_ = WriteTempFile(
+        ".txtpb",
+        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" ",
+                     "gpu_memory_utilization: 1.0 }\n",
+                     "memory_source { static_source { memory_bytes: ",
+                     shape_.weights + capacity, " } }\n",
+                     "lease_ttl { seconds: 60 }\n", queue,
+                     "ext_proc { default_max_tokens: ", kMaxNewTokens,
+                     " max_body_bytes: 4096 ", ext_proc_extra, " }\n"));
+    options.args = {"--config=" + config_, "--grpc_address=" + options.address,
+                    "--ext_proc_address=" + ext_proc_address};
+    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
+        KvgatedProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    admission_ = Admission::NewStub(server_->NewChannel());
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+    envoy_channel_ = grpc::CreateCustomChannel(
+        ext_proc_address, grpc::InsecureChannelCredentials(), args);
+    ASSERT_TRUE(envoy_channel_->WaitForConnected(
+        absl::ToChronoTime(absl::Now() + kWait)));
+    ext_proc_ = ExternalProcessor::NewStub(envoy_channel_);
+  }
+
+  void TearDown() override {
+    server_.reset();
+    if (!config_.empty()) std::remove(config_.c_str());
+  }
+
+  kvgate::v1::Budget GetBudget() {
+    kvgate::v1::GetBudgetRequest request;
+    request.set_model(kModel);
+    kvgate::v1::Budget budget;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+    EXPECT_TRUE(admission_->GetBudget(&context, request, &budget).ok());
+    return budget;
+  }
+  // Polls until the budget reports `reserved` bytes (release runs just after
+  // the answer is sent, so a test may see the answer first).
+  uint64_t AwaitReserved(uint64_t reserved) {
+    const absl::Time until = absl::Now() + kWait;
+    kvgate::v1::Budget budget = GetBudget();
+    while (budget.reserved_bytes() != reserved && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(10));
+      budget = GetBudget();
+    }
+    return budget.reserved_bytes();
+  }
+  uint32_t AwaitQueued(uint32_t queued) {
+    const absl::Time until = absl::Now() + kWait;
+    kvgate::v1::Budget budget = GetBudget();
+    while (budget.queued_requests() != queued && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(10));
+      budget = GetBudget();
+    }
+    return budget.queued_requests();
+  }
+
+  // Takes one request's worth of budget through the Admission service.
+  std::string AdmitDirect(const std::string& id) {
+    kvgate::v1::AdmitRequest request;
+    request.set_request_id(id);
+    request.set_model(kModel);
+    auto* s = request.add_sequences();
+    s->set_prompt_tokens(kPromptTokens);
+    s->set_max_new_tokens(kMaxNewTokens);
+    kvgate::v1::AdmitResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+    EXPECT_TRUE(admission_->Admit(&context, request, &response).ok());
+    EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED);
+    return response.lease_id();
+  }
+  void ReleaseDirect(const std::string& lease) {
+    kvgate::v1::ReleaseRequest request;
+    request.set_lease_id(lease);
+    kvgate::v1::ReleaseResponse response;
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+    EXPECT_TRUE(admission_->Release(&context, request, &response).ok());
+  }
+
+  // Sends headers and the whole body (BUFFERED mode) and expects the headers
+  // answer.
+  void SendChat(EnvoyStream& stream, const std::string& body = ChatBody()) {
+    stream.Send(RequestHeaders("POST", "/v1/chat/completions", kChatHeaders));
+    std::optional<ProcessingResponse> r = stream.Next();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->has_request_headers()) << r->DebugString();
+    stream.Send(RequestBody(body, true));
+  }
+
+  // Expects the admitted answer to the body: CONTINUE with the headers.
+  void ExpectAdmitted(EnvoyStream& stream) {
+    std::optional<ProcessingResponse> r = stream.Next();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->has_request_body()) << r->DebugString();
+    const HeaderMutation& m = r->request_body().response().header_mutation();
+    EXPECT_EQ(Header(m, "x-kvgate-decision"), "ADMITTED");
+    EXPECT_EQ(Header(m, "x-kvgate-reserved-bytes"),
+              absl::StrCat(shape_.total()));
+  }
+
+  // Envoy passes the upstream's streamed (SSE) response: headers, then
+  // `chunks` body chunks, the last with end_of_stream when `finish`.
+  void StreamResponse(EnvoyStream& stream, int chunks, bool finish = true) {
+    stream.Send(ResponseHeaders(false));
+    std::optional<ProcessingResponse> r = stream.Next();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->has_response_headers()) << r->DebugString();
+    EXPECT_EQ(Header(r->response_headers().response().header_mutation(),
+                     "x-kvgate-decision"),
+              "ADMITTED");
+    for (int i = 0; i < chunks; ++i) {
+      stream.Send(ResponseBody(absl::StrCat("data: {\"i\":", i, "}\n\n"),
+                               finish && i + 1 == chunks));
+      r = stream.Next();
+      ASSERT_TRUE(r.has_value());
+      ASSERT_TRUE(r->has_response_body()) << r->DebugString();
+    }
+  }
+
+  // Expects an ImmediateResponse with `status` and the error `code`.
+  nlohmann::json ExpectImmediate(EnvoyStream& stream, int status,
+                                 const std::string& code) {
+    std::optional<ProcessingResponse> r = stream.Next();
+    EXPECT_TRUE(r.has_value());
+    if (!r.has_value()) return {};
+    EXPECT_TRUE(r->has_immediate_response()) << r->DebugString();
+    const auto& immediate = r->immediate_response();
+    EXPECT_EQ(static_cast<int>(immediate.status().code()), status);
+    EXPECT_EQ(Header(immediate.headers(), "content-type"), "application/json");
+    EXPECT_EQ(Header(immediate.headers(), "x-kvgate-reason"), code);
+    last_immediate_ = immediate;
+    nlohmann::json body =
+        nlohmann::json::parse(immediate.body(), nullptr, false);
+    EXPECT_FALSE(body.is_discarded()) << immediate.body();
+    EXPECT_EQ(body["error"]["code"], code) << immediate.body();
+    EXPECT_TRUE(body["error"]["message"].is_string());
+    return body;
+  }
+
+  static ShapeBytes shape_;
+  std::string config_;
+  std::unique_ptr<KvgatedProcess> server_;
+  std::unique_ptr<Admission::Stub> admission_;
+  std::shared_ptr<grpc::Channel> envoy_channel_;
+  std::unique_ptr<ExternalProcessor::Stub> ext_proc_;
+  envoy::service::ext_proc::v3::ImmediateResponse last_immediate_;
+};
+
+ShapeBytes ExtProcTest::shape_;
+
+TEST_F(ExtProcTest, ChunkedBodyIsAdmittedAndLeaseReleasedAtEndOfStream) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  stream.Send(RequestHeaders("POST", "/v1/chat/completions", kChatHeaders));
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(r->has_request_headers());
+
+  // STREAMED request body: three chunks; their answers wait for the
+  // decision, and Envoy is first asked to wait longer than message_timeout.
+  const std::string body = ChatBody();
+  const size_t third = body.size() / 3;
+  stream.Send(RequestBody(body.substr(0, third), false));
+  r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->response_case(), ProcessingResponse::RESPONSE_NOT_SET);
+  EXPECT_EQ(r->override_message_timeout().seconds(), 31);  // 30 s + 1 s
+  stream.Send(RequestBody(body.substr(third, third), false));
+  stream.Send(RequestBody(body.substr(2 * third), true));
+  for (int i = 0; i < 2; ++i) {
+    r = stream.Next();
+    ASSERT_TRUE(r.has_value());
+    ASSERT_TRUE(r->has_request_body());
+    EXPECT_FALSE(r->request_body().response().has_header_mutation());
+  }
+  ExpectAdmitted(stream);
+  EXPECT_EQ(GetBudget().reserved_bytes(), shape_.total());
+  EXPECT_EQ(GetBudget().active_leases(), 1u);
+
+  StreamResponse(stream, 2, /*finish=*/false);
+  // Not yet: one more chunk to go.
+  EXPECT_EQ(GetBudget().active_leases(), 1u);
+  stream.Send(ResponseBody("data: [DONE]\n\n", true));
+  r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->has_response_body());
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+  stream.Close();
+  EXPECT_TRUE(stream.Status().ok());
+}
+
+TEST_F(ExtProcTest, BufferedBodyAndBodilessResponseReleaseTheLease) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream);
+  ExpectAdmitted(stream);
+  EXPECT_EQ(GetBudget().active_leases(), 1u);
+  stream.Send(ResponseHeaders(/*end_of_stream=*/true));
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->has_response_headers());
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  stream.Close();
+  EXPECT_TRUE(stream.Status().ok());
+}
+
+TEST_F(ExtProcTest, HeldWhileMemoryIsShortThenForwarded) {
+  StartServer();
+  const std::string a = AdmitDirect("fill-a");
+  const std::string b = AdmitDirect("fill-b");
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream);
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->response_case(), ProcessingResponse::RESPONSE_NOT_SET);
+  EXPECT_EQ(r->override_message_timeout().seconds(), 31);
+  EXPECT_EQ(AwaitQueued(1), 1u);
+  // Held: no answer while the budget is full.
+  EXPECT_FALSE(stream.Next(absl::Milliseconds(300)).has_value());
+
+  ReleaseDirect(a);
+  ExpectAdmitted(stream);
+  StreamResponse(stream, 3);
+  ReleaseDirect(b);
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  stream.Close();
+  EXPECT_TRUE(stream.Status().ok());
+}
+
+TEST_F(ExtProcTest, QueueTimeoutIs429WithRetryAfter) {
+  StartServer("max_hold { nanos: 300000000 }");
+  const std::string a = AdmitDirect("fill-a");
+  const std::string b = AdmitDirect("fill-b");
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream);
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->override_message_timeout().seconds(), 1);
+  EXPECT_EQ(r->override_message_timeout().nanos(), 300000000);
+
+  const nlohmann::json body = ExpectImmediate(stream, 429, "QUEUE_TIMEOUT");
+  EXPECT_EQ(body["error"]["type"], "rate_limit_exceeded");
+  const std::optional<std::string> retry =
+      Header(last_immediate_.headers(), "retry-after");
+  ASSERT_TRUE(retry.has_value());
+  EXPECT_GE(std::stoi(*retry), 1);
+  EXPECT_EQ(Header(last_immediate_.headers(), "x-kvgate-decision"), "REJECTED");
+  EXPECT_EQ(GetBudget().active_leases(), 2u);
+  ReleaseDirect(a);
+  ReleaseDirect(b);
+  EXPECT_EQ(AwaitReserved(0), 0u);
+}
+
+TEST_F(ExtProcTest, BodyThatIsNotJsonIs400) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream, "model=gpt2&prompt=hello");
+  ExpectImmediate(stream, 400, "INVALID_REQUEST");
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+}
+
+TEST_F(ExtProcTest, MissingModelIs400) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream, R"({"messages":[{"role":"user","content":"hi"}]})");
+  const nlohmann::json body = ExpectImmediate(stream, 400, "INVALID_REQUEST");
+  EXPECT_THAT(body["error"]["message"].get<std::string>(),
+              ::testing::HasSubstr("model"));
+}
+
+TEST_F(ExtProcTest, UnknownModelIs404) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream, ChatBody("no-such-model"));
+  ExpectImmediate(stream, 404, "MODEL_NOT_FOUND");
+}
+
+TEST_F(ExtProcTest, BodyOverTheLimitIs413) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  stream.Send(RequestHeaders("POST", "/v1/completions", kChatHeaders));
+  ASSERT_TRUE(stream.Next().has_value());
+  stream.Send(RequestBody(std::string(3000, ' '), false));
+  ASSERT_TRUE(stream.Next().has_value());  // the wait extension
+  stream.Send(RequestBody(std::string(3000, ' '), true));
+  ExpectImmediate(stream, 413, "BODY_TOO_LARGE");
+}
+
+TEST_F(ExtProcTest, PromptSizeFromTextAndDefaultMaxTokens) {
+  // 400 bytes of prompt at 4 bytes per token = 100 tokens; no max_tokens:
+  // the configured default of 28. Same shape as the token-header requests.
+  StartServer("bytes_per_token: 4.0");
+  EnvoyStream stream(ext_proc_.get());
+  stream.Send(RequestHeaders("POST", "/v1/completions"));
+  ASSERT_TRUE(stream.Next().has_value());
+  stream.Send(RequestBody(
+      nlohmann::json{{"model", kModel}, {"prompt", std::string(400, 'a')}}
+          .dump(),
+      true));
+  ExpectAdmitted(stream);
+  stream.Close();
+  EXPECT_TRUE(stream.Status().ok());
+  EXPECT_EQ(AwaitReserved(0), 0u);
+}
+
+TEST_F(ExtProcTest, ClientAbortMidStreamReleasesTheLease) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  SendChat(stream);
+  ExpectAdmitted(stream);
+  stream.Send(ResponseHeaders(false));
+  ASSERT_TRUE(stream.Next().has_value());
+  stream.Send(ResponseBody("data: {}\n\n", false));
+  ASSERT_TRUE(stream.Next().has_value());
+  EXPECT_EQ(GetBudget().active_leases(), 1u);
+  stream.Abort();
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+}
+
+TEST_F(ExtProcTest, AbortWhileHeldLeavesTheQueue) {
+  StartServer();
+  const std::string a = AdmitDirect("fill-a");
+  const std::string b = AdmitDirect("fill-b");
+  {
+    EnvoyStream stream(ext_proc_.get());
+    SendChat(stream);
+    ASSERT_TRUE(stream.Next().has_value());  // the wait extension
+    EXPECT_EQ(AwaitQueued(1), 1u);
+    stream.Abort();
+    EXPECT_EQ(AwaitQueued(0), 0u);
+  }
+  ReleaseDirect(a);
+  ReleaseDirect(b);
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+}
+
+TEST_F(ExtProcTest, ConcurrentStreamsShareTheBudget) {
+  // The queue may hold two requests' bytes (its default bound is the
+  // capacity, which the second would exceed).
+  StartServer("",
+              absl::StrCat("queue { max_bytes: ", 4 * shape_.total(), " }\n"));
+  std::vector<std::unique_ptr<EnvoyStream>> streams;
+  // Two fit; the next two are held. Each body is sent once the previous
+  // stream has its answer, so the order is known.
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(std::make_unique<EnvoyStream>(ext_proc_.get()));
+    SendChat(*streams.back());
+    if (i < 2) {
+      ExpectAdmitted(*streams[i]);
+    } else {
+      std::optional<ProcessingResponse> r = streams[i]->Next();
+      ASSERT_TRUE(r.has_value());
+      EXPECT_TRUE(r->has_override_message_timeout());
+    }
+  }
+  EXPECT_EQ(AwaitQueued(2), 2u);
+  for (int i = 0; i < 2; ++i) {
+    StreamResponse(*streams[i], 2);
+    ExpectAdmitted(*streams[i + 2]);
+  }
+  for (int i = 2; i < 4; ++i) StreamResponse(*streams[i], 2);
+  EXPECT_EQ(AwaitReserved(0), 0u);
+  for (auto& s : streams) {
+    s->Close();
+    EXPECT_TRUE(s->Status().ok());
+  }
+}
+
+TEST_F(ExtProcTest, UngatedRequestsPassThroughWithoutALease) {
+  StartServer();
+  EnvoyStream stream(ext_proc_.get());
+  stream.Send(RequestHeaders("GET", "/v1/models", {}, /*end_of_stream=*/true));
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_TRUE(r->has_request_headers());
+  stream.Send(ResponseHeaders(false));
+  r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  EXPECT_FALSE(r->response_headers().response().has_header_mutation());
+  stream.Send(ResponseBody("{}", true));
+  ASSERT_TRUE(stream.Next().has_value());
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+  stream.Close();
+  EXPECT_TRUE(stream.Status().ok());
+}
+
+}  // namespace
+}  // namespace kvgate
