@@ -60,6 +60,10 @@ ABSL_FLAG(uint32_t, max_concurrent_streams, 4096,
           "most concurrent calls (queued Admits included) per connection");
 ABSL_FLAG(std::string, socket_mode, "0660",
           "permissions of the unix socket, in octal");
+ABSL_FLAG(std::string, health_address, "",
+          "host:port of a second listener that serves only "
+          "grpc.health.v1.Health (for Kubernetes gRPC probes, which dial the "
+          "pod IP while Admission stays on the unix socket); empty: none");
 
 namespace kvgate {
 namespace {
@@ -240,6 +244,33 @@ int Fail(absl::string_view what, const absl::Status& status) {
   return 1;
 }
 
+// The --validate answer: one line on stdout, exit code 0.
+int PrintValid(const std::vector<std::string>& models,
+               absl::string_view memory_source, absl::string_view address) {
+  std::cout << "kvgated: configuration is valid: models "
+            << absl::StrJoin(models, ", ") << "; memory source "
+            << memory_source << "; listen " << address << std::endl;
+  return 0;
+}
+
+// A server with no service but grpc.health.v1.Health (gRPC also adds
+// reflection to every server), whose statuses the caller mirrors from the
+// main server. Call grpc::EnableDefaultHealthCheckService(true) first.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartHealthServer(
+    const std::string& address) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("could not bind the health address ", address,
+                     " (address in use or not permitted; host:port only)"));
+  }
+  return server;
+}
+
 int Run() {
   // Block the shutdown signals in every thread; one thread waits for them.
   sigset_t signals;
@@ -275,6 +306,18 @@ int Run() {
   // Memory source.
   std::unique_ptr<MemorySource> source;
   const MemorySourceSettings& src = settings->memory_source;
+  if (absl::GetFlag(FLAGS_validate) &&
+      src.kind == MemorySourceSettings::Kind::kNvml) {
+    // NVML is not opened, so that a config can be checked where there is no
+    // GPU (CI, an image build); the weights are checked against the real
+    // devices at start-up.
+    std::vector<std::string> names;
+    for (const ModelPoolSettings& m : settings->models) names.push_back(m.name);
+    return PrintValid(names,
+                      "nvml (not opened by --validate: device capacity is "
+                      "checked at start-up)",
+                      settings->grpc_address);
+  }
   if (src.kind == MemorySourceSettings::Kind::kNvml) {
     NvmlOptions nvml;
     nvml.library_path = src.nvml_library;
@@ -341,11 +384,7 @@ int Run() {
   if (absl::GetFlag(FLAGS_validate)) {
     std::vector<std::string> names;
     for (const auto& p : registry.pools()) names.push_back(p->name());
-    std::cout << "kvgated: configuration is valid: models "
-              << absl::StrJoin(names, ", ") << "; memory source "
-              << (src.kind == MemorySourceSettings::Kind::kNvml ? "nvml" : "static")
-              << "; listen " << settings->grpc_address << std::endl;
-    return 0;
+    return PrintValid(names, "static", settings->grpc_address);
   }
 
   // Metrics endpoint.
@@ -405,7 +444,25 @@ int Run() {
                  {{"mode", absl::GetFlag(FLAGS_socket_mode)}});
     }
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  std::unique_ptr<grpc::Server> health_server;
+  if (const std::string a = absl::GetFlag(FLAGS_health_address); !a.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> started =
+        StartHealthServer(a);
+    if (!started.ok()) return Fail("cannot listen", started.status());
+    health_server = *std::move(started);
+  }
+  // Every health service this process answers, with the same statuses.
+  std::vector<grpc::HealthCheckServiceInterface*> healths = {
+      server->GetHealthCheckService()};
+  if (health_server != nullptr) {
+    healths.push_back(health_server->GetHealthCheckService());
+  }
+  const auto set_serving = [&healths](bool serving) {
+    for (grpc::HealthCheckServiceInterface* health : healths) {
+      health->SetServingStatus(kServiceName, serving);
+      health->SetServingStatus(serving);
+    }
+  };
   std::unique_ptr<grpc::Server> ext_proc_server;
   if (!ext_proc_address.empty()) {
     absl::StatusOr<std::unique_ptr<grpc::Server>> started = StartExtProcServer(
@@ -417,12 +474,13 @@ int Run() {
   }
   ext_proc.SetReady(true);
   service.SetReady(true);
-  health->SetServingStatus(kServiceName, true);
-  health->SetServingStatus(true);
+  set_serving(true);
   ticker.Start();
-  LogInfo("listening", {{"address", settings->grpc_address},
-                        {"port", absl::StrCat(port)},
-                        {"models", absl::StrCat(registry.pools().size())}});
+  LogInfo("listening",
+          {{"address", settings->grpc_address},
+           {"port", absl::StrCat(port)},
+           {"models", absl::StrCat(registry.pools().size())},
+           {"health_address", absl::GetFlag(FLAGS_health_address)}});
 
   // Wait for SIGTERM/SIGINT, then drain: no new admits, every queued
   // request answered, then the server stops.
@@ -430,8 +488,7 @@ int Run() {
     int sig = 0;
     sigwait(&signals, &sig);
     LogInfo("draining", {{"signal", strsignal(sig)}});
-    health->SetServingStatus(kServiceName, false);
-    health->SetServingStatus(false);
+    set_serving(false);
     service.StartDraining();
     ext_proc.StartDraining();
     for (const auto& pool : registry.pools()) pool->controller().Drain();
@@ -440,6 +497,7 @@ int Run() {
       ext_proc_server->Shutdown(std::chrono::system_clock::now() +
                                 std::chrono::seconds(5));
     }
+    if (health_server != nullptr) health_server->Shutdown();
   });
   server->Wait();
   signal_thread.join();
@@ -449,6 +507,7 @@ int Run() {
       unlink(p.c_str());
     }
   }
+  if (health_server != nullptr) health_server->Wait();
   ticker.Stop();
   if (!socket_path.empty()) unlink(socket_path.c_str());
   LogInfo("stopped");

@@ -617,6 +617,56 @@ TEST_F(KvgatedTest, HealthServiceReportsServing) {
             absl::StatusCode::kNotFound);
 }
 
+// --health_address: a TCP listener for Kubernetes gRPC probes that answers
+// health with the main server's statuses and serves nothing else.
+TEST_F(KvgatedTest, HealthAddressServesHealthButNotAdmission) {
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string health_address = absl::StrCat("127.0.0.1:", *port);
+  KvgatedProcess::Options options = ServerOptions(
+      PoolConfig(shape_, shape_.CapacityFor(1)), UniqueUnixAddress("health"));
+  options.args.push_back("--health_address=" + health_address);
+  absl::StatusOr<std::unique_ptr<KvgatedProcess>> started =
+      KvgatedProcess::Start(options);
+  ASSERT_TRUE(started.ok()) << started.status();
+  server_ = *std::move(started);
+
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(health_address, grpc::InsecureChannelCredentials());
+  absl::StatusOr<int> server = HealthCheck(channel, "");
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(*server, 1);  // SERVING
+  absl::StatusOr<int> admission = HealthCheck(channel, "kvgate.v1.Admission");
+  ASSERT_TRUE(admission.ok()) << admission.status();
+  EXPECT_EQ(*admission, 1);
+
+  auto health_stub = Admission::NewStub(channel);
+  kvgate::v1::GetBudgetRequest request;
+  request.set_model(kModel);
+  Budget budget;
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  EXPECT_EQ(health_stub->GetBudget(&context, request, &budget).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+  // Admission still answers on the main address.
+  stub_ = Admission::NewStub(server_->NewChannel());
+  AdmitOrFail("main-address");
+}
+
+TEST_F(KvgatedTest, HealthAddressInUseFailsAtStartUp) {
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string health_address = absl::StrCat("127.0.0.1:", *port);
+  StartServer(PoolConfig(shape_, shape_.CapacityFor(1)), health_address);
+  KvgatedProcess::Options second = ServerOptions(
+      PoolConfig(shape_, shape_.CapacityFor(1)), UniqueUnixAddress("health"));
+  second.args.push_back("--health_address=" + health_address);
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(second);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_NE(exit->code, 0);
+  EXPECT_THAT(exit->stderr_text, HasSubstr("health address"));
+}
+
 TEST_F(KvgatedTest, ReflectionListsTheAdmissionService) {
   StartServer(PoolConfig(shape_, shape_.CapacityFor(1)));
   absl::StatusOr<std::vector<std::string>> services =
@@ -795,6 +845,32 @@ TEST_F(KvgatedTest, NvmlFreeMemoryUnderTheMarginPausesAdmission) {
   EXPECT_GT(FromProto(response.retry_after()), absl::ZeroDuration());
   EXPECT_EQ(GetBudget().device_free_bytes(), 100 * kMiB);
   std::remove(script.c_str());
+}
+
+// --validate checks an nvml config without the driver, as CI and image
+// builds must.
+TEST_F(KvgatedTest, ValidateAcceptsAnNvmlConfigWithoutOpeningTheLibrary) {
+  KvgatedProcess::Options options =
+      ServerOptions(NvmlConfig("/nonexistent/kvgate/libnvidia-ml.so.1"),
+                    UniqueUnixAddress("validate"));
+  options.args.push_back("--validate");
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(exit->code, 0) << exit->stderr_text;
+  EXPECT_THAT(exit->stdout_text, HasSubstr("configuration is valid"));
+  EXPECT_THAT(exit->stdout_text, HasSubstr("nvml (not opened"));
+}
+
+TEST_F(KvgatedTest, ValidateStillRejectsABadNvmlConfig) {
+  KvgatedProcess::Options options = ServerOptions(
+      absl::StrCat(NvmlConfig("/nonexistent/kvgate/libnvidia-ml.so.1"),
+                   "models { name: \"m\" preset: \"no-such-model\" }\n"),
+      UniqueUnixAddress("validate"));
+  options.args.push_back("--validate");
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_NE(exit->code, 0);
+  EXPECT_THAT(exit->stderr_text, HasSubstr("no-such-model"));
 }
 
 TEST_F(KvgatedTest, MissingNvmlLibraryFailsAtStartUpWithOneErrorLine) {
