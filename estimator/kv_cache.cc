@@ -24,9 +24,9 @@ absl::StatusOr<KvCacheModel> KvCacheModel::Create(
   }
   const uint32_t bits = DTypeBits(m.dtype_);
   if (bits < 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "KV-cache dtype ", DTypeName(m.dtype_),
-        " is not supported; use fp32, bf16, fp16 or fp8"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV-cache dtype ", DTypeName(m.dtype_),
+                     " is not supported; use fp32, bf16, fp16 or fp8"));
   }
   const uint64_t bytes = bits / 8;
   const uint64_t tp = options.tensor_parallel;
@@ -38,9 +38,9 @@ absl::StatusOr<KvCacheModel> KvCacheModel::Create(
   } else {
     const uint64_t heads = spec.num_kv_heads;
     if (heads >= tp && heads % tp != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor parallel degree ", tp, " does not divide the ", heads,
-          " KV heads"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor parallel degree ", tp, " does not divide the ",
+                       heads, " KV heads"));
     }
     if (heads < tp && tp % heads != 0) {
       return absl::InvalidArgumentError(absl::StrCat(

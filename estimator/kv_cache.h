@@ -53,7 +53,8 @@ class KvCacheModel {
   uint64_t SequenceBytes(uint64_t tokens) const {
     return layer_bytes_per_token_ *
            (full_layers_ * RoundToBlock(tokens) +
-            sliding_layers_ * RoundToBlock(tokens < window_ ? tokens : window_));
+            sliding_layers_ *
+                RoundToBlock(tokens < window_ ? tokens : window_));
   }
 
   uint64_t RoundToBlock(uint64_t tokens) const {

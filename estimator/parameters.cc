@@ -9,8 +9,8 @@ void Add(std::vector<LinearModule>& out, std::string name, uint64_t in,
          uint64_t out_features, bool bias, uint64_t count,
          uint64_t active_count, bool routed = false) {
   if (count == 0) return;
-  out.push_back({std::move(name), in, out_features, bias, count, active_count,
-                 routed});
+  out.push_back(
+      {std::move(name), in, out_features, bias, count, active_count, routed});
 }
 
 void AddAttention(const ModelSpec& s, std::vector<LinearModule>& out) {
@@ -30,8 +30,7 @@ void AddAttention(const ModelSpec& s, std::vector<LinearModule>& out) {
     Add(out, "kv_b_proj", s.kv_lora_rank,
         s.num_attention_heads * (s.qk_nope_head_dim + s.v_head_dim), false, l,
         l);
-    Add(out, "o_proj", s.num_attention_heads * s.v_head_dim, h, s.o_bias, l,
-        l);
+    Add(out, "o_proj", s.num_attention_heads * s.v_head_dim, h, s.o_bias, l, l);
     return;
   }
   const uint64_t q = s.num_attention_heads * s.head_dim;

@@ -34,7 +34,7 @@ std::vector<LinearModule> LinearModules(const ModelSpec& spec);
 
 struct ParameterCounts {
   uint64_t total = 0;
-  uint64_t active = 0;  // per token; equals total for dense models
+  uint64_t active = 0;     // per token; equals total for dense models
   uint64_t embedding = 0;  // token and learned position embeddings
   uint64_t lm_head = 0;    // 0 when tied to the embedding
   uint64_t linear = 0;     // decoder linear weights (what GPTQ/AWQ quantize)

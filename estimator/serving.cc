@@ -71,8 +71,8 @@ absl::Status ServingModel::EstimateBatch(absl::Span<const SequenceShape> batch,
     }
     // Only whole blocks of the prompt are shared; the partial last block is
     // copied for each sample when it starts generating.
-    shared_prompt = shared_prompt / kv_cache_.block_size() *
-                    kv_cache_.block_size();
+    shared_prompt =
+        shared_prompt / kv_cache_.block_size() * kv_cache_.block_size();
   }
 
   uint64_t kv_bytes = 0;
@@ -84,8 +84,8 @@ absl::Status ServingModel::EstimateBatch(absl::Span<const SequenceShape> batch,
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceShape& s = batch[i];
     if (s.prompt_tokens == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequences[", i, "].prompt_tokens must be at least 1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequences[", i, "].prompt_tokens must be at least 1"));
     }
     uint64_t tokens = 0;
     if (!CheckedAdd(s.prompt_tokens, s.max_new_tokens, &tokens) ||
@@ -117,9 +117,10 @@ absl::Status ServingModel::EstimateBatch(absl::Span<const SequenceShape> batch,
     longest_prompt = std::max(longest_prompt, s.prompt_tokens);
     // Eager attention materialises heads x query x key scores per sequence.
     const uint64_t p = s.prompt_tokens;
-    const uint64_t q = options_.chunked_prefill_tokens > 0
-                           ? std::min<uint64_t>(p, options_.chunked_prefill_tokens)
-                           : p;
+    const uint64_t q =
+        options_.chunked_prefill_tokens > 0
+            ? std::min<uint64_t>(p, options_.chunked_prefill_tokens)
+            : p;
     uint64_t scores = 0;
     if (__builtin_mul_overflow(heads * q, p, &scores) ||
         !CheckedAdd(score_elements, scores, &score_elements)) {

@@ -21,7 +21,7 @@
 namespace kvgate {
 
 struct ServingOptions {
-  std::optional<DType> weight_dtype;  // unset: from the config
+  std::optional<DType> weight_dtype;    // unset: from the config
   std::optional<DType> kv_cache_dtype;  // unset: "auto"
   uint32_t block_size = 16;
   uint32_t tensor_parallel = 1;

@@ -1,8 +1,7 @@
-#include "tools/model_flags.h"
-
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "tools/model_flags.h"
 
 namespace kvgate {
 
@@ -76,8 +75,8 @@ absl::StatusOr<ServingOptions> ModelFlags::ToServingOptions() const {
   } else if (attention == "eager") {
     o.attention = AttentionImpl::kEager;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--attention=", attention, ": expected flash or eager"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--attention=", attention, ": expected flash or eager"));
   }
   return o;
 }

@@ -40,8 +40,8 @@ struct ClientFlags {
   }
   void Arm(grpc::ClientContext& context) const {
     context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(static_cast<int64_t>(
-                             timeout_seconds * 1000)));
+                         std::chrono::milliseconds(
+                             static_cast<int64_t>(timeout_seconds * 1000)));
   }
 };
 
@@ -59,7 +59,8 @@ int RpcFailed(const std::string& command, const grpc::Status& status) {
 void SetSeconds(double seconds, google::protobuf::Duration* out) {
   const int64_t whole = static_cast<int64_t>(seconds);
   out->set_seconds(whole);
-  out->set_nanos(static_cast<int32_t>((seconds - static_cast<double>(whole)) * 1e9));
+  out->set_nanos(
+      static_cast<int32_t>((seconds - static_cast<double>(whole)) * 1e9));
 }
 
 double Seconds(const google::protobuf::Duration& d) {
@@ -134,15 +135,15 @@ void PrintBudget(const kvgate::v1::Budget& b, bool json) {
     PrintJson(j);
     return;
   }
-  PrintTable("", {{"capacity", FormatBytes(b.capacity_bytes())},
-                  {"weights", FormatBytes(b.weights_bytes())},
-                  {"reserved", FormatBytes(b.reserved_bytes())},
-                  {"free", FormatBytes(b.free_bytes())},
-                  {"device free", FormatBytes(b.device_free_bytes())},
-                  {"activation reserve",
-                   FormatBytes(b.activation_reserve_bytes())},
-                  {"active leases", absl::StrCat(b.active_leases())},
-                  {"queued requests", absl::StrCat(b.queued_requests())}});
+  PrintTable("",
+             {{"capacity", FormatBytes(b.capacity_bytes())},
+              {"weights", FormatBytes(b.weights_bytes())},
+              {"reserved", FormatBytes(b.reserved_bytes())},
+              {"free", FormatBytes(b.free_bytes())},
+              {"device free", FormatBytes(b.device_free_bytes())},
+              {"activation reserve", FormatBytes(b.activation_reserve_bytes())},
+              {"active leases", absl::StrCat(b.active_leases())},
+              {"queued requests", absl::StrCat(b.queued_requests())}});
 }
 
 }  // namespace
@@ -166,7 +167,8 @@ int RunAdmitCommand(const CommandArgs& args) {
   flags.AddString("tenant", &tenant, "tenant for fairness");
   flags.AddString("priority", &priority, "critical, standard or sheddable");
   flags.AddUint64("batch", &batch, "sequences in the batch");
-  flags.AddUint64("prompt-tokens", &prompt_tokens, "prompt tokens per sequence");
+  flags.AddUint64("prompt-tokens", &prompt_tokens,
+                  "prompt tokens per sequence");
   flags.AddUint64("max-new-tokens", &max_new_tokens,
                   "most generated tokens per sequence");
   flags.AddDouble("max-queue-wait", &max_queue_wait,
@@ -236,7 +238,8 @@ int RunRenewCommand(const CommandArgs& args) {
   flags.AddString("lease-id", &lease_id, "the lease from `kvgate admit`");
   if (int rc = ParseFlags("renew", flags, args); rc >= 0) return rc;
   if (lease_id.empty()) {
-    return FailUsage("renew", absl::InvalidArgumentError("--lease-id is required"));
+    return FailUsage("renew",
+                     absl::InvalidArgumentError("--lease-id is required"));
   }
   kvgate::v1::RenewRequest request;
   request.set_lease_id(lease_id);
@@ -248,7 +251,8 @@ int RunRenewCommand(const CommandArgs& args) {
   if (client.json) {
     PrintJson({{"ttl_seconds", Seconds(response.ttl())}});
   } else {
-    PrintTable("", {{"ttl", absl::StrFormat("%.1f s", Seconds(response.ttl()))}});
+    PrintTable("",
+               {{"ttl", absl::StrFormat("%.1f s", Seconds(response.ttl()))}});
   }
   return kExitOk;
 }
@@ -265,7 +269,8 @@ int RunBudgetCommand(const CommandArgs& args) {
   kvgate::v1::Budget response;
   grpc::ClientContext context;
   client.Arm(context);
-  grpc::Status status = client.Connect()->GetBudget(&context, request, &response);
+  grpc::Status status =
+      client.Connect()->GetBudget(&context, request, &response);
   if (!status.ok()) return RpcFailed("budget", status);
   PrintBudget(response, client.json);
   return kExitOk;
@@ -321,12 +326,15 @@ int RunDemoCommand(const CommandArgs& args) {
   };
   auto line = [](const std::string& what, const kvgate::v1::AdmitResponse& r) {
     std::cout << absl::StrFormat(
-                     "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs",
-                     what, kvgate::v1::Decision_Name(r.decision()),
+                     "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs", what,
+                     kvgate::v1::Decision_Name(r.decision()),
                      r.reason().empty() ? "" : r.reason(),
                      FormatBytes(r.reserved_bytes()), Seconds(r.queued_for()))
-              << (r.decision() == kvgate::v1::REJECTED && r.retry_after().nanos() + r.retry_after().seconds() > 0
-                      ? absl::StrFormat(" retry_after %.3fs", Seconds(r.retry_after()))
+              << (r.decision() == kvgate::v1::REJECTED &&
+                          r.retry_after().nanos() + r.retry_after().seconds() >
+                              0
+                      ? absl::StrFormat(" retry_after %.3fs",
+                                        Seconds(r.retry_after()))
                       : "")
               << std::endl;
   };
@@ -342,7 +350,8 @@ int RunDemoCommand(const CommandArgs& args) {
   kvgate::v1::AdmitResponse r;
   for (int i = 0; i < 64; ++i) {
     const std::string id = absl::StrCat("fill-", i);
-    if (grpc::Status s = admit(id, 32, 2048, 2048, 0.05, kvgate::v1::STANDARD, &r);
+    if (grpc::Status s =
+            admit(id, 32, 2048, 2048, 0.05, kvgate::v1::STANDARD, &r);
         !s.ok()) {
       return RpcFailed("demo", s);
     }
@@ -360,14 +369,13 @@ int RunDemoCommand(const CommandArgs& args) {
   kvgate::v1::AdmitResponse queued;
   grpc::Status queued_status;
   std::thread waiter([&] {
-    queued_status = admit("wait-1", 32, 2048, 2048, 5.0, kvgate::v1::CRITICAL,
-                          &queued);
+    queued_status =
+        admit("wait-1", 32, 2048, 2048, 5.0, kvgate::v1::CRITICAL, &queued);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   if (budget(&b).ok()) {
-    std::cout << "  queued requests: " << b.queued_requests()
-              << "; releasing " << (leases.empty() ? "nothing" : leases.front())
-              << std::endl;
+    std::cout << "  queued requests: " << b.queued_requests() << "; releasing "
+              << (leases.empty() ? "nothing" : leases.front()) << std::endl;
   }
   if (!leases.empty()) {
     release(leases.front());
@@ -376,21 +384,25 @@ int RunDemoCommand(const CommandArgs& args) {
   waiter.join();
   if (!queued_status.ok()) return RpcFailed("demo", queued_status);
   line("admit wait-1 (queued, CRITICAL)", queued);
-  if (queued.decision() == kvgate::v1::ADMITTED) leases.push_back(queued.lease_id());
+  if (queued.decision() == kvgate::v1::ADMITTED)
+    leases.push_back(queued.lease_id());
 
   // 3. A queue timeout, 4. a batch that can never fit, 5. a malformed one.
-  if (grpc::Status s = admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
+  if (grpc::Status s =
+          admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
       s.ok()) {
     line("admit late-1 (max_queue_wait 0.2s)", r);
   }
-  if (grpc::Status s = admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
+  if (grpc::Status s =
+          admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
       s.ok()) {
     line("admit huge-1 (4096 x 8192 tok)", r);
   }
   grpc::Status bad = admit("bad-1", 1, 0, 16, 0, kvgate::v1::STANDARD, &r);
-  std::cout << absl::StrFormat("  %-34s -> gRPC ", "admit bad-1 (prompt_tokens 0)")
-            << static_cast<int>(bad.error_code()) << " "
-            << bad.error_message() << std::endl;
+  std::cout << absl::StrFormat("  %-34s -> gRPC ",
+                               "admit bad-1 (prompt_tokens 0)")
+            << static_cast<int>(bad.error_code()) << " " << bad.error_message()
+            << std::endl;
 
   // Release everything: the budget returns to zero.
   for (const std::string& lease : leases) release(lease);

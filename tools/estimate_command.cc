@@ -27,11 +27,12 @@ nlohmann::ordered_json QuickRules(uint64_t parameters, uint32_t bits,
       rules_of_thumb::ServingBytesWithOverhead(parameters, bits);
   q["serving_with_overhead_bytes"] = serving;
   q["exact_total_bytes"] = exact_total;
-  q["difference_percent"] =
-      exact_total == 0 ? 0.0
-                       : 100.0 * (static_cast<double>(serving) -
-                                  static_cast<double>(exact_total)) /
-                             static_cast<double>(exact_total);
+  q["difference_percent"] = exact_total == 0
+                                ? 0.0
+                                : 100.0 *
+                                      (static_cast<double>(serving) -
+                                       static_cast<double>(exact_total)) /
+                                      static_cast<double>(exact_total);
   q["source"] = "seeds 001, 002: P x 4 B; P x 4B / (32/Q) x 1.2";
   return q;
 }
@@ -54,7 +55,8 @@ int RunEstimateCommand(const CommandArgs& args) {
                 "cache and the activation peak of its prefill, per GPU.");
   model.Register(flags);
   flags.AddUint64("batch", &batch, "sequences in the batch");
-  flags.AddUint64("prompt-tokens", &prompt_tokens, "prompt tokens per sequence");
+  flags.AddUint64("prompt-tokens", &prompt_tokens,
+                  "prompt tokens per sequence");
   flags.AddUint64("max-new-tokens", &max_new_tokens,
                   "tokens generated per sequence at most");
   flags.AddBool("share-prompt-prefix", &share_prefix,
@@ -73,8 +75,8 @@ int RunEstimateCommand(const CommandArgs& args) {
   // below what would exhaust memory; token counts match the wire API's
   // uint32 fields.
   for (auto [name, value, min, max] :
-       {std::tuple<const char*, uint64_t, uint64_t, uint64_t>{
-            "batch", batch, 1, kMaxBatch},
+       {std::tuple<const char*, uint64_t, uint64_t, uint64_t>{"batch", batch, 1,
+                                                              kMaxBatch},
         {"prompt-tokens", prompt_tokens, 1, UINT32_MAX},
         {"max-new-tokens", max_new_tokens, 0, UINT32_MAX}}) {
     if (absl::Status s = CheckRange(name, value, min, max); !s.ok()) {
@@ -100,8 +102,7 @@ int RunEstimateCommand(const CommandArgs& args) {
     return FailUsage("estimate", s);
   }
   uint64_t total = 0;
-  if (__builtin_add_overflow(serving->weights_bytes(), e.total_bytes,
-                             &total)) {
+  if (__builtin_add_overflow(serving->weights_bytes(), e.total_bytes, &total)) {
     return FailUsage("estimate", absl::InvalidArgumentError(
                                      "the total overflows 64-bit arithmetic"));
   }
@@ -145,23 +146,24 @@ int RunEstimateCommand(const CommandArgs& args) {
       {"activations", FormatBytes(e.activation_bytes)},
       {"total / GPU", FormatBytes(total)},
   };
-  PrintTable(absl::StrCat("kvgate estimate: batch ", batch, " x (", prompt_tokens,
-                          " prompt + ", max_new_tokens, " new) tokens, TP ",
-                          options->tensor_parallel),
+  PrintTable(absl::StrCat("kvgate estimate: batch ", batch, " x (",
+                          prompt_tokens, " prompt + ", max_new_tokens,
+                          " new) tokens, TP ", options->tensor_parallel),
              rows);
   if (quick) {
     const nlohmann::ordered_json q = QuickRules(p.total, bits, total);
-    PrintTable("seeds' rules of thumb vs the exact estimate",
-               {{"fp32 weights (4 B/param)",
-                 FormatBytes(q["inference_fp32_bytes"].get<uint64_t>())},
-                {absl::StrCat(bits, "-bit weights x 1.2"),
-                 FormatBytes(q["serving_with_overhead_bytes"].get<uint64_t>())},
-                {"exact total", FormatBytes(total)},
-                {"rule vs exact", absl::StrFormat(
-                                      "%+.1f%%", q["difference_percent"]
-                                                     .get<double>())}});
+    PrintTable(
+        "seeds' rules of thumb vs the exact estimate",
+        {{"fp32 weights (4 B/param)",
+          FormatBytes(q["inference_fp32_bytes"].get<uint64_t>())},
+         {absl::StrCat(bits, "-bit weights x 1.2"),
+          FormatBytes(q["serving_with_overhead_bytes"].get<uint64_t>())},
+         {"exact total", FormatBytes(total)},
+         {"rule vs exact",
+          absl::StrFormat("%+.1f%%", q["difference_percent"].get<double>())}});
   }
-  for (const std::string& note : m.notes) std::cout << "  note: " << note << "\n";
+  for (const std::string& note : m.notes)
+    std::cout << "  note: " << note << "\n";
   return kExitOk;
 }
 

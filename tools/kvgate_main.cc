@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "tools/commands.h"
 #include "tools/cli_output.h"
+#include "tools/commands.h"
 
 namespace {
 

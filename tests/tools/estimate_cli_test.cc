@@ -37,14 +37,15 @@ TEST(EstimateCliTest, JsonMatchesPublishedFactsForEveryModel) {
   const nlohmann::json facts = nlohmann::json::parse(in);
   ASSERT_FALSE(facts.empty());
   for (const auto& [name, f] : facts.items()) {
-    CliResult r = RunCli({"estimate", "--config=" + kData + "/models/" + name +
-                                          ".json",
-                          "--json"});
+    CliResult r =
+        RunCli({"estimate", "--config=" + kData + "/models/" + name + ".json",
+                "--json"});
     ASSERT_EQ(r.exit_code, 0) << name << ": " << r.stderr_text;
     const nlohmann::json j = ParseJson(r);
     EXPECT_EQ(j["parameters"], f["parameters"]) << name;
     EXPECT_EQ(j["active_parameters"], f["active_parameters"]) << name;
-    EXPECT_EQ(j["kv_cache_bytes_per_token"], f["kv_cache_bytes_per_token_16bit"])
+    EXPECT_EQ(j["kv_cache_bytes_per_token"],
+              f["kv_cache_bytes_per_token_16bit"])
         << name;
   }
 }
@@ -55,10 +56,9 @@ TEST(EstimateCliTest, JsonHasTheContractFieldsAndTheyAddUp) {
                         "--block-size=16", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
   const nlohmann::json j = ParseJson(r);
-  for (const char* key :
-       {"parameters", "active_parameters", "weights_bytes",
-        "kv_cache_bytes_per_token", "kv_cache_bytes", "activation_bytes",
-        "total_bytes"}) {
+  for (const char* key : {"parameters", "active_parameters", "weights_bytes",
+                          "kv_cache_bytes_per_token", "kv_cache_bytes",
+                          "activation_bytes", "total_bytes"}) {
     ASSERT_TRUE(j.contains(key)) << key;
     EXPECT_TRUE(j[key].is_number_unsigned()) << key;
   }
@@ -86,9 +86,10 @@ TEST(EstimateCliTest, FlagsChangeTheEstimate) {
             bf16 / 2);
   EXPECT_LT(kv({"--dtype=int4"})["weights_bytes"].get<uint64_t>(),
             kv({})["weights_bytes"].get<uint64_t>() / 2);
-  EXPECT_GT(kv({"--attention=eager", "--prompt-tokens=8000"})["activation_bytes"]
-                .get<uint64_t>(),
-            kv({"--prompt-tokens=8000"})["activation_bytes"].get<uint64_t>());
+  EXPECT_GT(
+      kv({"--attention=eager", "--prompt-tokens=8000"})["activation_bytes"]
+          .get<uint64_t>(),
+      kv({"--prompt-tokens=8000"})["activation_bytes"].get<uint64_t>());
 }
 
 TEST(EstimateCliTest, TableByDefaultAndHelp) {
@@ -107,16 +108,17 @@ TEST(EstimateCliTest, TableByDefaultAndHelp) {
 // Bad input: exit 2 with exactly one line on stderr that names the problem,
 // nothing on stdout, never a crash.
 TEST(EstimateCliTest, BadInputExitsTwoWithOneClearLine) {
-  const std::string malformed = WriteTemp("malformed.json", "{\"hidden_size\": ");
+  const std::string malformed =
+      WriteTemp("malformed.json", "{\"hidden_size\": ");
   const std::string not_object = WriteTemp("array.json", "[1, 2]");
   const std::string missing_field = WriteTemp(
       "nolayers.json",
       "{\"hidden_size\": 64, \"num_attention_heads\": 4, \"vocab_size\": 10,"
       " \"intermediate_size\": 128}");
-  const std::string negative = WriteTemp(
-      "negative.json",
-      "{\"hidden_size\": -64, \"num_hidden_layers\": 2, "
-      "\"num_attention_heads\": 4, \"vocab_size\": 10}");
+  const std::string negative =
+      WriteTemp("negative.json",
+                "{\"hidden_size\": -64, \"num_hidden_layers\": 2, "
+                "\"num_attention_heads\": 4, \"vocab_size\": 10}");
   struct Case {
     std::vector<std::string> args;
     std::string says;
@@ -137,7 +139,8 @@ TEST(EstimateCliTest, BadInputExitsTwoWithOneClearLine) {
        "--prompt-tokens"},
       {{"estimate", "--config=gpt2", "--batch=abc"}, "--batch"},
       {{"estimate", "--config=gpt2", "--dtype=fp7"}, "fp7"},
-      {{"estimate", "--config=gpt2", "--kv-cache-dtype=int4"}, "KV-cache dtype"},
+      {{"estimate", "--config=gpt2", "--kv-cache-dtype=int4"},
+       "KV-cache dtype"},
       {{"estimate", "--config=gpt2", "--attention=magic"}, "--attention"},
       {{"estimate", "--config=gpt2", "--tensor-parallel=0"},
        "--tensor-parallel"},
