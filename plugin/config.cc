@@ -235,6 +235,24 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
     }
     c.tenant_weights[tenant] = weight;
   }
+  const kvgate::v1::LeaseJournalConfig& journal = config.lease_journal();
+  s.lease_journal.state_dir = journal.state_dir();
+  if (!journal.fsync().empty()) {
+    absl::StatusOr<LeaseJournal::FsyncPolicy> policy =
+        LeaseJournal::ParseFsyncPolicy(journal.fsync());
+    if (!policy.ok()) {
+      return Invalid("lease_journal.fsync", policy.status().message());
+    }
+    s.lease_journal.fsync = *policy;
+  }
+  if (journal.has_fsync_interval()) {
+    s.lease_journal.fsync_interval = FromProto(journal.fsync_interval());
+    if (s.lease_journal.fsync_interval < absl::Milliseconds(1) ||
+        s.lease_journal.fsync_interval > absl::Minutes(1)) {
+      return Invalid("lease_journal.fsync_interval",
+                     "must be between 1ms and 1m");
+    }
+  }
   return s;
 }
 

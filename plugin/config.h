@@ -15,6 +15,7 @@
 #include "estimator/serving.h"
 #include "kvgate/v1/config.pb.h"
 #include "plugin/controller.h"
+#include "plugin/lease_journal.h"
 #include "plugin/memory_guard.h"
 #include "plugin/nvml_memory_source.h"
 
@@ -55,6 +56,8 @@ struct ServerSettings {
   MemorySourceSettings memory_source;
   // Template for each pool's controller (capacity filled in per pool).
   Controller::Options controller;
+  // The lease journal; an empty state_dir: none (leases in memory only).
+  LeaseJournal::Options lease_journal;
 };
 
 // Reads a ServerConfig from `path`: JSON when the name ends in .json, text

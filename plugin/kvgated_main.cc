@@ -38,6 +38,7 @@
 #include "plugin/ext_proc/ext_proc_service.h"
 #include "plugin/json_log.h"
 #include "plugin/kvgate_service.h"
+#include "plugin/lease_journal.h"
 #include "plugin/memory_guard.h"
 #include "plugin/model_pool.h"
 #include "plugin/nvml_memory_source.h"
@@ -64,6 +65,9 @@ ABSL_FLAG(std::string, health_address, "",
           "host:port of a second listener that serves only "
           "grpc.health.v1.Health (for Kubernetes gRPC probes, which dial the "
           "pod IP while Admission stays on the unix socket); empty: none");
+ABSL_FLAG(std::string, state_dir, "",
+          "directory of the lease journal, for crash recovery (overrides "
+          "lease_journal.state_dir); empty: leases in memory only");
 
 namespace kvgate {
 namespace {
@@ -244,6 +248,41 @@ int Fail(absl::string_view what, const absl::Status& status) {
   return 1;
 }
 
+// Puts the journal's live leases back into their controllers, before
+// serving, and logs what the replay found (a torn or corrupt tail included).
+void RestoreLeases(const LeaseJournal::Replay& replay,
+                   const ModelRegistry& registry, LeaseJournal& journal) {
+  if (replay.dropped_bytes > 0) {
+    LogWarning("lease journal: dropped a torn or corrupt tail",
+               {{"path", journal.path()},
+                {"offset", absl::StrCat(replay.dropped_offset)},
+                {"dropped_bytes", absl::StrCat(replay.dropped_bytes)},
+                {"reason", replay.dropped_reason}});
+  }
+  uint64_t restored = 0;
+  for (const LeaseJournal::JournaledLease& l : replay.live) {
+    ModelPool* pool = registry.Find(l.model);
+    const absl::Status s = pool == nullptr
+                               ? absl::NotFoundError("model not served")
+                               : pool->controller().RestoreLease(l.lease);
+    if (s.ok()) {
+      ++restored;
+      continue;
+    }
+    LogWarning("lease journal: lease not restored",
+               {{"model", l.model},
+                {"lease_id", l.lease.lease_id},
+                {"error", std::string(s.message())}});
+    journal.ObserverFor(l.model)->OnEnded(l.lease.lease_id, LeaseEnd::kExpired);
+  }
+  LogInfo("lease journal replayed",
+          {{"path", journal.path()},
+           {"records", absl::StrCat(replay.records)},
+           {"restored_leases", absl::StrCat(restored)},
+           {"expired_leases", absl::StrCat(replay.expired)},
+           {"unknown_model_leases", absl::StrCat(replay.unknown_model)}});
+}
+
 // The --validate answer: one line on stdout, exit code 0.
 int PrintValid(const std::vector<std::string>& models,
                absl::string_view memory_source, absl::string_view address) {
@@ -295,6 +334,9 @@ int Run() {
   if (const std::string a = absl::GetFlag(FLAGS_ext_proc_address); !a.empty()) {
     config.mutable_ext_proc()->set_listen_address(a);
   }
+  if (const std::string d = absl::GetFlag(FLAGS_state_dir); !d.empty()) {
+    config.mutable_lease_journal()->set_state_dir(d);
+  }
   absl::StatusOr<ServerSettings> settings = ResolveServerConfig(config);
   if (!settings.ok()) return Fail("invalid configuration", settings.status());
   absl::StatusOr<ExtProcOptions> ext_proc_options = ResolveExtProcConfig(
@@ -343,6 +385,22 @@ int Run() {
   absl::StatusOr<std::vector<DeviceMemory>> first_read = source->Read();
   if (!first_read.ok()) return Fail("memory source failed", first_read.status());
 
+  // The lease journal (crash recovery), replayed before any controller
+  // exists; --validate leaves it alone.
+  std::unique_ptr<LeaseJournal> journal;
+  LeaseJournal::Replay replay;
+  if (!settings->lease_journal.state_dir.empty() &&
+      !absl::GetFlag(FLAGS_validate)) {
+    LeaseJournal::Options journal_options = settings->lease_journal;
+    for (const ModelPoolSettings& m : settings->models) {
+      journal_options.models.insert(m.name);
+    }
+    absl::StatusOr<std::unique_ptr<LeaseJournal>> opened =
+        LeaseJournal::Open(journal_options, absl::Now(), &replay);
+    if (!opened.ok()) return Fail("lease journal failed", opened.status());
+    journal = *std::move(opened);
+  }
+
   // Pools: capacity from the tightest device each model runs on.
   ModelRegistry registry;
   KvgateMetrics metrics(KvgateMetrics::Options{kVersion, KVGATE_REVISION});
@@ -367,6 +425,7 @@ int Run() {
     options.capacity_bytes = *capacity;
     options.activation_sum = m.activation_sum;
     options.listener = metrics.ListenerFor(m.name);
+    if (journal != nullptr) options.lease_observer = journal->ObserverFor(m.name);
     absl::StatusOr<std::unique_ptr<Controller>> controller =
         Controller::Create(options, RealClock());
     if (!controller.ok()) return Fail("invalid configuration", controller.status());
@@ -386,6 +445,7 @@ int Run() {
     for (const auto& p : registry.pools()) names.push_back(p->name());
     return PrintValid(names, "static", settings->grpc_address);
   }
+  if (journal != nullptr) RestoreLeases(replay, registry, *journal);
 
   // Metrics endpoint.
   std::unique_ptr<MetricsServer> metrics_server;
