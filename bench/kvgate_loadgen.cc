@@ -17,6 +17,7 @@
 // --compare, admit-release and noop run in alternating phases of one run and
 // the ratios are printed. Output: one JSON object on stdout.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -197,6 +198,7 @@ struct Stats {
   std::atomic<uint64_t> ops{0};
   double seconds = 0;              // measured time (sum of phases)
   double server_cpu_seconds = -1;  // with --server_pid
+  double client_cpu_seconds = 0;   // this process, all threads
 
   void Error(const grpc::Status& status) {
     errors[std::min<size_t>(status.error_code(), errors.size() - 1)].fetch_add(
@@ -216,6 +218,7 @@ struct Stats {
     for (size_t i = 0; i < errors.size(); ++i) errors[i] += other.errors[i];
     ops += other.ops.load();
     seconds += other.seconds;
+    client_cpu_seconds += other.client_cpu_seconds;
     if (other.server_cpu_seconds >= 0) {
       server_cpu_seconds =
           std::max(0.0, server_cpu_seconds) + other.server_cpu_seconds;
@@ -244,6 +247,10 @@ struct Stats {
     }
     j["errors"] = ErrorCount();
     j["errors_by_code"] = e;
+    if (ops > 0) {
+      j["client_cpu_us_per_operation"] =
+          std::round(client_cpu_seconds * 1e7 / static_cast<double>(ops)) / 10;
+    }
     if (server_cpu_seconds >= 0 && ops > 0) {
       j["server_cpu_us_per_operation"] =
           std::round(server_cpu_seconds * 1e7 / static_cast<double>(ops)) / 10;
@@ -289,6 +296,16 @@ ProcessSample ReadProcess(int pid) {
     }
   }
   return s;
+}
+
+// CPU time of this process (every thread), in seconds.
+double SelfCpuSeconds() {
+  rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 // --------------------------------------------------------------- Client ---
@@ -681,6 +698,7 @@ class Driver {
     stop_ = false;
     issued_ = 0;
     const ProcessSample before = ReadProcess(server_pid);
+    const double client_before = SelfCpuSeconds();
     const int64_t start = NowNanos();
     if (rate_ > 0) {
       RunOpenLoop(duration);
@@ -693,6 +711,7 @@ class Driver {
     }
     const double seconds = static_cast<double>(NowNanos() - start) / 1e9;
     const ProcessSample after = ReadProcess(server_pid);
+    stats->client_cpu_seconds += SelfCpuSeconds() - client_before;
     stats->seconds += seconds;
     if (before.cpu_seconds >= 0 && after.cpu_seconds >= 0) {
       stats->server_cpu_seconds = std::max(0.0, stats->server_cpu_seconds) +

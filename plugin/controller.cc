@@ -172,6 +172,7 @@ Controller::Controller(const Options& options, Clock* clock,
       }()),
       clock_(clock),
       lease_prefix_(lease_prefix),
+      lease_prefix_text_(absl::StrFormat("%016x", lease_prefix)),
       created_at_(clock->Now()) {
   for (auto& level : levels_) level = std::make_unique<PriorityLevel>();
   absl::MutexLock lock(&mu_);
@@ -362,8 +363,7 @@ absl::Status Controller::RestoreLease(const LeaseRecord& record) {
         "a restored lease needs a lease_id and a request_id");
   }
   uint64_t bytes = 0;
-  if (!CheckedAdd(record.cost.kv_bytes, record.cost.activation_bytes,
-                  &bytes) ||
+  if (!CheckedAdd(record.cost.kv_bytes, record.cost.activation_bytes, &bytes) ||
       bytes == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "lease ", record.lease_id, ": cost must be > 0 and fit in 64 bits"));
@@ -372,9 +372,9 @@ absl::Status Controller::RestoreLease(const LeaseRecord& record) {
   if (restored_ids_.contains(record.lease_id) ||
       ParseLeaseId(record.lease_id).ok() ||
       lease_by_request_.contains(record.request_id)) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        "lease ", record.lease_id, " (request \"", record.request_id,
-        "\") is already live"));
+    return absl::AlreadyExistsError(
+        absl::StrCat("lease ", record.lease_id, " (request \"",
+                     record.request_id, "\") is already live"));
   }
   uint64_t kv = 0, activation_sum = 0;
   if (!CheckedAdd(kv_reserved_, record.cost.kv_bytes, &kv) ||
@@ -551,13 +551,13 @@ uint64_t Controller::FreeLeaseLocked(uint64_t seq, absl::Time now,
 
 void Controller::ExpireLeasesLocked(absl::Time now, Completions& out) {
   while (!lease_expiries_.empty() && lease_expiries_.begin()->first <= now) {
-    out.expired_bytes.push_back(FreeLeaseLocked(
-        lease_expiries_.begin()->second, now, LeaseEnd::kExpired));
+    out.expired_bytes.push_back(FreeLeaseLocked(lease_expiries_.begin()->second,
+                                                now, LeaseEnd::kExpired));
   }
 }
 
 std::string Controller::LeaseIdFor(uint64_t seq) const {
-  return absl::StrFormat("%016x-%d", lease_prefix_, seq);
+  return absl::StrCat(lease_prefix_text_, "-", seq);
 }
 
 std::string Controller::LeaseIdLocked(uint64_t seq, const Lease& lease) const {
@@ -569,12 +569,16 @@ absl::StatusOr<uint64_t> Controller::ParseLeaseId(
   constexpr size_t kPrefixLength = 16;
   uint64_t seq = 0;
   if (lease_id.size() > kPrefixLength + 1 && lease_id[kPrefixLength] == '-' &&
-      lease_id.substr(0, kPrefixLength) ==
-          absl::StrFormat("%016x", lease_prefix_)) {
+      lease_id.substr(0, kPrefixLength) == lease_prefix_text_) {
     const absl::string_view digits = lease_id.substr(kPrefixLength + 1);
-    // Round-trip so that "+7" or "007" are not taken for lease 7.
-    if (absl::SimpleAtoi(digits, &seq) && absl::StrCat(seq) == digits &&
-        seq > 0 && seq < next_lease_seq_) {
+    // Digits only, no leading zero, so that "+7" or "007" are not taken
+    // for lease 7.
+    const bool canonical =
+        !digits.empty() && digits.size() <= 20 && digits[0] != '0' &&
+        std::all_of(digits.begin(), digits.end(),
+                    [](char c) { return c >= '0' && c <= '9'; });
+    if (canonical && absl::SimpleAtoi(digits, &seq) && seq > 0 &&
+        seq < next_lease_seq_) {
       return seq;
     }
   }

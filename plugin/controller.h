@@ -354,6 +354,9 @@ class Controller {
   const Options options_;
   Clock* const clock_;
   const uint64_t lease_prefix_;  // random per controller, part of lease ids
+  // lease_prefix_ as 16 hex digits, formatted once: lease ids are made and
+  // parsed on every Admit and Release.
+  const std::string lease_prefix_text_;
   const absl::Time created_at_;
 
   mutable absl::Mutex mu_;
