@@ -15,6 +15,8 @@ if(KVGATE_SANITIZE)
     target_sources(kvgate_flags INTERFACE
       $<$<STREQUAL:$<TARGET_PROPERTY:TYPE>,EXECUTABLE>:${PROJECT_SOURCE_DIR}/tests/sanitizers/tsan_absl_sync.cc>)
     target_link_libraries(kvgate_flags INTERFACE ${CMAKE_DL_LIBS})
+    target_compile_options(kvgate_flags INTERFACE
+      -fsanitize-ignorelist=${PROJECT_SOURCE_DIR}/tests/sanitizers/tsan_ignorelist.txt)
   endif()
 endif()
 # libFuzzer targets (tests/fuzz; clang with KVGATE_SANITIZE=address,...

@@ -39,9 +39,8 @@ absl::StatusOr<AdmitTicket> TicketFromRequest(
   }
   absl::StatusOr<Priority> priority = ToPriority(request.priority());
   if (!priority.ok()) return priority.status();
-  if (request.has_max_queue_wait() &&
-      (request.max_queue_wait().seconds() < 0 ||
-       request.max_queue_wait().nanos() < 0)) {
+  if (request.has_max_queue_wait() && (request.max_queue_wait().seconds() < 0 ||
+                                       request.max_queue_wait().nanos() < 0)) {
     return absl::InvalidArgumentError("max_queue_wait: must not be negative");
   }
   const auto& sequences = request.sequences();
@@ -50,10 +49,9 @@ absl::StatusOr<AdmitTicket> TicketFromRequest(
         "sequences: at least one sequence is required");
   }
   if (sequences.size() > limits.max_sequences) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sequences: ", sequences.size(),
-                     " sequences exceed the limit of ", limits.max_sequences,
-                     " per request"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequences: ", sequences.size(), " sequences exceed the limit of ",
+        limits.max_sequences, " per request"));
   }
   // No heap allocation for batches of up to 16 sequences.
   absl::InlinedVector<SequenceShape, 16> shapes;

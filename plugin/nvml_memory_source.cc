@@ -14,6 +14,24 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 
+// NVML's C types under their nvml.h tags, at global scope. The library's
+// functions are called through pointers of exactly these types, so kvgate
+// and any NVML (the test fake included) agree on them; with
+// -fsanitize=function a struct of another name is a type mismatch.
+struct nvmlDevice_st;
+struct nvmlMemory_st {
+  unsigned long long total;
+  unsigned long long free;
+  unsigned long long used;
+};
+struct nvmlMemory_v2_st {
+  unsigned int version;
+  unsigned long long total;
+  unsigned long long reserved;
+  unsigned long long free;
+  unsigned long long used;
+};
+
 namespace kvgate {
 namespace {
 
@@ -26,7 +44,7 @@ namespace {
 // be nvmlMemory_v2 = sizeof(nvmlMemory_v2_t) | (2 << 24). A device UUID fits
 // in NVML_DEVICE_UUID_V2_BUFFER_SIZE = 96 bytes.
 using NvmlReturn = int;
-using NvmlDevice = struct NvmlDeviceOpaque*;
+using NvmlDevice = nvmlDevice_st*;
 
 constexpr NvmlReturn kNvmlSuccess = 0;
 constexpr NvmlReturn kNvmlErrorInvalidArgument = 2;
@@ -35,19 +53,8 @@ constexpr NvmlReturn kNvmlErrorNotFound = 6;
 constexpr NvmlReturn kNvmlErrorFunctionNotFound = 13;
 constexpr NvmlReturn kNvmlErrorArgumentVersionMismatch = 25;
 
-struct NvmlMemoryV1 {
-  unsigned long long total;
-  unsigned long long free;
-  unsigned long long used;
-};
-
-struct NvmlMemoryV2 {
-  unsigned int version;
-  unsigned long long total;
-  unsigned long long reserved;
-  unsigned long long free;
-  unsigned long long used;
-};
+using NvmlMemoryV1 = nvmlMemory_st;
+using NvmlMemoryV2 = nvmlMemory_v2_st;
 
 constexpr unsigned int kNvmlMemoryV2Version =
     static_cast<unsigned int>(sizeof(NvmlMemoryV2)) | (2u << 24);

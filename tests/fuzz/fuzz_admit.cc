@@ -69,8 +69,8 @@ class Harness {
   }
 
   void Admit(AdmitTicket ticket) {
-    absl::StatusOr<uint64_t> handle = controller_->Admit(
-        std::move(ticket), [this](AdmitOutcome outcome) {
+    absl::StatusOr<uint64_t> handle =
+        controller_->Admit(std::move(ticket), [this](AdmitOutcome outcome) {
           ++answered_;
           if (outcome.admitted) leases_.push_back(outcome.lease_id);
         });

@@ -47,7 +47,8 @@ void ExerciseServing(const ModelSpec& spec) {
        {AttentionImpl::kFlash, AttentionImpl::kEager}) {
     ServingOptions options;
     options.attention = attention;
-    options.chunked_prefill_tokens = attention == AttentionImpl::kEager ? 0 : 512;
+    options.chunked_prefill_tokens =
+        attention == AttentionImpl::kEager ? 0 : 512;
     absl::StatusOr<ServingModel> model = ServingModel::Create(spec, options);
     if (!model.ok()) continue;
     (void)model->weights_bytes();

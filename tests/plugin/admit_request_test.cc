@@ -42,7 +42,9 @@ absl::StatusOr<AdmitTicket> Ticket(const std::string& text,
 
 TEST(TicketFromRequestTest, SizesTheBatchWithTheEstimator) {
   absl::StatusOr<AdmitTicket> ticket = Ticket(
-      R"pb(request_id: "r" tenant: "t" priority: CRITICAL
+      R"pb(request_id: "r"
+           tenant: "t"
+           priority: CRITICAL
            sequences { prompt_tokens: 2048 max_new_tokens: 512 })pb");
   ASSERT_TRUE(ticket.ok()) << ticket.status();
   BatchEstimate expected;
@@ -57,14 +59,16 @@ TEST(TicketFromRequestTest, SizesTheBatchWithTheEstimator) {
 
 TEST(TicketFromRequestTest, UnspecifiedPriorityIsStandard) {
   absl::StatusOr<AdmitTicket> ticket =
-      Ticket(R"pb(request_id: "r" sequences { prompt_tokens: 1 })pb");
+      Ticket(R"pb(request_id: "r"
+                  sequences { prompt_tokens: 1 })pb");
   ASSERT_TRUE(ticket.ok()) << ticket.status();
   EXPECT_EQ(ticket->priority, Priority::kStandard);
 }
 
 TEST(TicketFromRequestTest, MaxQueueWaitSetsTheDeadline) {
   absl::StatusOr<AdmitTicket> ticket = Ticket(
-      R"pb(request_id: "r" sequences { prompt_tokens: 1 }
+      R"pb(request_id: "r"
+           sequences { prompt_tokens: 1 }
            max_queue_wait { seconds: 2 nanos: 5 })pb");
   ASSERT_TRUE(ticket.ok()) << ticket.status();
   EXPECT_EQ(ticket->deadline, kNow + absl::Seconds(2) + absl::Nanoseconds(5));
@@ -76,13 +80,19 @@ TEST(TicketFromRequestTest, RejectsWhatTheServiceRejects) {
     const char* message;
   } kCases[] = {
       {R"pb(sequences { prompt_tokens: 1 })pb", "request_id: is required"},
-      {R"pb(request_id: "r" priority: 9 sequences { prompt_tokens: 1 })pb",
+      {R"pb(request_id: "r"
+            priority: 9
+            sequences { prompt_tokens: 1 })pb",
        "priority: unknown value 9"},
-      {R"pb(request_id: "r" sequences { prompt_tokens: 1 }
+      {R"pb(request_id: "r"
+            sequences { prompt_tokens: 1 }
             max_queue_wait { seconds: -1 })pb",
        "max_queue_wait: must not be negative"},
       {R"pb(request_id: "r")pb", "sequences: at least one"},
-      {R"pb(request_id: "r" sequences {} sequences {} sequences {})pb",
+      {R"pb(request_id: "r"
+            sequences {}
+            sequences {}
+            sequences {})pb",
        "3 sequences exceed the limit of 2"},
   };
   for (const auto& c : kCases) {
@@ -96,8 +106,8 @@ TEST(TicketFromRequestTest, RejectsWhatTheServiceRejects) {
 
 TEST(TicketFromRequestTest, IdsOverTheLimitAreRejected) {
   const std::string id(129, 'x');
-  absl::StatusOr<AdmitTicket> ticket = Ticket(
-      "request_id: \"" + id + "\" sequences { prompt_tokens: 1 }");
+  absl::StatusOr<AdmitTicket> ticket =
+      Ticket("request_id: \"" + id + "\" sequences { prompt_tokens: 1 }");
   EXPECT_EQ(ticket.status().code(), absl::StatusCode::kInvalidArgument);
   ticket = Ticket("request_id: \"r\" tenant: \"" + id +
                   "\" sequences { prompt_tokens: 1 }");

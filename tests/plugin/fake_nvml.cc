@@ -42,6 +42,24 @@
 #include <string>
 #include <vector>
 
+// NVML's C types under their nvml.h tags, at global scope. The library's
+// functions are called through pointers of exactly these types, so kvgate
+// (plugin/nvml_memory_source.cc) and this fake agree on them; with
+// -fsanitize=function a struct of another name is a type mismatch.
+struct nvmlDevice_st;
+struct nvmlMemory_st {
+  unsigned long long total;
+  unsigned long long free;
+  unsigned long long used;
+};
+struct nvmlMemory_v2_st {
+  unsigned int version;
+  unsigned long long total;
+  unsigned long long reserved;
+  unsigned long long free;
+  unsigned long long used;
+};
+
 namespace {
 
 constexpr int kSuccess = 0;
@@ -123,7 +141,7 @@ Script LoadScript() {
 
 std::atomic<int> init_count{0};
 
-using Handle = struct NvmlDeviceOpaque*;
+using Handle = nvmlDevice_st*;
 
 Handle HandleOf(size_t index) { return reinterpret_cast<Handle>(index + 1); }
 
@@ -134,19 +152,8 @@ FakeDevice* DeviceOf(Script& script, Handle handle) {
   return &script.devices[index - 1];
 }
 
-struct MemoryV1 {
-  unsigned long long total;
-  unsigned long long free;
-  unsigned long long used;
-};
-
-struct MemoryV2 {
-  unsigned int version;
-  unsigned long long total;
-  unsigned long long reserved;
-  unsigned long long free;
-  unsigned long long used;
-};
+using MemoryV1 = nvmlMemory_st;
+using MemoryV2 = nvmlMemory_v2_st;
 
 }  // namespace
 

@@ -81,6 +81,44 @@ Fn RealAs(const char* nested, const char* rest) {
   return reinterpret_cast<Fn>(Real(nested, rest));
 }
 
+// Debian's functions call each other through the PLT, so through these
+// wrappers (CondVar::WaitWithTimeout calls WaitWithDeadline, Notification
+// uses its own Mutex): only the outermost call on a thread annotates, the
+// nested ones only forward.
+thread_local int tls_depth = 0;
+
+// Whether `caller` is code of this executable (kvgate's, instrumented)
+// rather than of a shared library such as libgrpc. gRPC is not instrumented
+// and hands its objects between threads through atomics TSan cannot see, so
+// annotating gRPC's own mutexes makes TSan report gRPC's internal lifetimes
+// (a mutex created on one thread, destroyed on another). gRPC's locking is
+// left as opaque as the rest of gRPC (TSAN_OPTIONS has
+// ignore_noninstrumented_modules=1); kvgate's locks are annotated.
+bool CalledFromExecutable(const void* caller) {
+  static const void* const executable_base = [] {
+    Dl_info self;
+    return dladdr(reinterpret_cast<const void*>(&CalledFromExecutable),
+                  &self) != 0
+               ? self.dli_fbase
+               : nullptr;
+  }();
+  Dl_info info;
+  return dladdr(caller, &info) != 0 && info.dli_fbase == executable_base;
+}
+
+class Nesting {
+ public:
+  explicit Nesting(const void* caller)
+      : outer_(tls_depth++ == 0 && CalledFromExecutable(caller)) {}
+  ~Nesting() { --tls_depth; }
+  Nesting(const Nesting&) = delete;
+  Nesting& operator=(const Nesting&) = delete;
+  bool outer() const { return outer_; }
+
+ private:
+  const bool outer_;
+};
+
 }  // namespace
 
 namespace absl {
@@ -94,60 +132,69 @@ using ConditionDeadlineFn = bool (*)(Mutex*, const Condition&, Time);
 
 Mutex::~Mutex() {
   static const auto real = RealAs<MutexFn>("N", "5MutexD2Ev");
+  Nesting nest(__builtin_return_address(0));
   // Reports a mutex destroyed while held, and forgets its clock so that a
   // new mutex at the same address starts clean.
-  __tsan_mutex_destroy(this, 0);
+  if (nest.outer()) __tsan_mutex_destroy(this, 0);
   real(this);
 }
 
 void Mutex::Lock() {
   static const auto real = RealAs<MutexFn>("N", "5Mutex4LockEv");
-  __tsan_mutex_pre_lock(this, 0);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, 0);
   real(this);
-  __tsan_mutex_post_lock(this, 0, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, 0, 0);
 }
 
 void Mutex::ReaderLock() {
   static const auto real = RealAs<MutexFn>("N", "5Mutex10ReaderLockEv");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   real(this);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
 }
 
 bool Mutex::TryLock() {
   static const auto real = RealAs<MutexTryFn>("N", "5Mutex7TryLockEv");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, __tsan_mutex_try_lock);
   const bool locked = real(this);
-  __tsan_mutex_post_lock(
-      this,
-      __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  if (nest.outer())
+    __tsan_mutex_post_lock(
+        this,
+        __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
   return locked;
 }
 
 bool Mutex::ReaderTryLock() {
   static const auto real = RealAs<MutexTryFn>("N", "5Mutex13ReaderTryLockEv");
+  Nesting nest(__builtin_return_address(0));
   const unsigned flags = __tsan_mutex_read_lock | __tsan_mutex_try_lock;
-  __tsan_mutex_pre_lock(this, flags);
+  if (nest.outer()) __tsan_mutex_pre_lock(this, flags);
   const bool locked = real(this);
-  __tsan_mutex_post_lock(
-      this, flags | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  if (nest.outer())
+    __tsan_mutex_post_lock(
+        this, flags | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
   return locked;
 }
 
 void Mutex::Unlock() {
   static const auto real = RealAs<MutexFn>("N", "5Mutex6UnlockEv");
+  Nesting nest(__builtin_return_address(0));
   // pre_unlock releases; the real unlock (which may evaluate waiters'
   // conditions) runs inside the ignore region that post_unlock ends.
-  __tsan_mutex_pre_unlock(this, 0);
+  if (nest.outer()) __tsan_mutex_pre_unlock(this, 0);
   real(this);
-  __tsan_mutex_post_unlock(this, 0);
+  if (nest.outer()) __tsan_mutex_post_unlock(this, 0);
 }
 
 void Mutex::ReaderUnlock() {
   static const auto real = RealAs<MutexFn>("N", "5Mutex12ReaderUnlockEv");
-  __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_unlock(this, __tsan_mutex_read_lock);
   real(this);
-  __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
+  if (nest.outer()) __tsan_mutex_post_unlock(this, __tsan_mutex_read_lock);
 }
 
 // LockWhen*: an acquisition that may wait; the condition runs with the lock
@@ -155,17 +202,19 @@ void Mutex::ReaderUnlock() {
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real =
       RealAs<ConditionFn>("N", "5Mutex8LockWhenERKNS0_9ConditionE");
-  __tsan_mutex_pre_lock(this, 0);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, 0);
   real(this, cond);
-  __tsan_mutex_post_lock(this, 0, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, 0, 0);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   static const auto real =
       RealAs<ConditionFn>("N", "5Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   real(this, cond);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
 }
 
 // Whether or not the condition became true in time, the mutex is held on
@@ -173,37 +222,40 @@ void Mutex::ReaderLockWhen(const Condition& cond) {
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = RealAs<ConditionTimeoutFn>(
       "N", "5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  __tsan_mutex_pre_lock(this, 0);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, 0);
   const bool met = real(this, cond, timeout);
-  __tsan_mutex_post_lock(this, 0, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, 0, 0);
   return met;
 }
 
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = RealAs<ConditionDeadlineFn>(
       "N", "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  __tsan_mutex_pre_lock(this, 0);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, 0);
   const bool met = real(this, cond, deadline);
-  __tsan_mutex_post_lock(this, 0, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, 0, 0);
   return met;
 }
 
-bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond,
-                                      Duration timeout) {
+bool Mutex::ReaderLockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = RealAs<ConditionTimeoutFn>(
       "N", "5Mutex25ReaderLockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   const bool met = real(this, cond, timeout);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
   return met;
 }
 
 bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = RealAs<ConditionDeadlineFn>(
       "N", "5Mutex26ReaderLockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_mutex_pre_lock(this, __tsan_mutex_read_lock);
   const bool met = real(this, cond, deadline);
-  __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
+  if (nest.outer()) __tsan_mutex_post_lock(this, __tsan_mutex_read_lock, 0);
   return met;
 }
 
@@ -211,12 +263,12 @@ bool Mutex::ReaderLockWhenWithDeadline(const Condition& cond, Time deadline) {
 // waits and holds it again on return. Modelled as an unlock then a lock.
 namespace {
 template <typename Wait>
-auto AwaitAnnotated(Mutex* mu, Wait wait) {
-  __tsan_mutex_pre_unlock(mu, 0);
+auto AwaitAnnotated(Mutex* mu, bool annotate, Wait wait) {
+  if (annotate) __tsan_mutex_pre_unlock(mu, 0);
   auto result = wait();
-  __tsan_mutex_post_unlock(mu, 0);
-  __tsan_mutex_pre_lock(mu, 0);
-  __tsan_mutex_post_lock(mu, 0, 0);
+  if (annotate) __tsan_mutex_post_unlock(mu, 0);
+  if (annotate) __tsan_mutex_pre_lock(mu, 0);
+  if (annotate) __tsan_mutex_post_lock(mu, 0, 0);
   return result;
 }
 }  // namespace
@@ -224,7 +276,8 @@ auto AwaitAnnotated(Mutex* mu, Wait wait) {
 void Mutex::Await(const Condition& cond) {
   static const auto real =
       RealAs<ConditionFn>("N", "5Mutex5AwaitERKNS0_9ConditionE");
-  AwaitAnnotated(this, [&] {
+  Nesting nest(__builtin_return_address(0));
+  AwaitAnnotated(this, nest.outer(), [&] {
     real(this, cond);
     return 0;
   });
@@ -233,20 +286,25 @@ void Mutex::Await(const Condition& cond) {
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = RealAs<ConditionTimeoutFn>(
       "N", "5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  return AwaitAnnotated(this, [&] { return real(this, cond, timeout); });
+  Nesting nest(__builtin_return_address(0));
+  return AwaitAnnotated(this, nest.outer(),
+                        [&] { return real(this, cond, timeout); });
 }
 
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = RealAs<ConditionDeadlineFn>(
       "N", "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  return AwaitAnnotated(this, [&] { return real(this, cond, deadline); });
+  Nesting nest(__builtin_return_address(0));
+  return AwaitAnnotated(this, nest.outer(),
+                        [&] { return real(this, cond, deadline); });
 }
 
 // CondVar::Wait*: `mu` is held exclusively on entry and on return.
 void CondVar::Wait(Mutex* mu) {
   static const auto real =
       RealAs<void (*)(CondVar*, Mutex*)>("N", "7CondVar4WaitEPNS0_5MutexE");
-  AwaitAnnotated(mu, [&] {
+  Nesting nest(__builtin_return_address(0));
+  AwaitAnnotated(mu, nest.outer(), [&] {
     real(this, mu);
     return 0;
   });
@@ -255,13 +313,17 @@ void CondVar::Wait(Mutex* mu) {
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
   static const auto real = RealAs<bool (*)(CondVar*, Mutex*, Duration)>(
       "N", "7CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
-  return AwaitAnnotated(mu, [&] { return real(this, mu, timeout); });
+  Nesting nest(__builtin_return_address(0));
+  return AwaitAnnotated(mu, nest.outer(),
+                        [&] { return real(this, mu, timeout); });
 }
 
 bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
   static const auto real = RealAs<bool (*)(CondVar*, Mutex*, Time)>(
       "N", "7CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE");
-  return AwaitAnnotated(mu, [&] { return real(this, mu, deadline); });
+  Nesting nest(__builtin_return_address(0));
+  return AwaitAnnotated(mu, nest.outer(),
+                        [&] { return real(this, mu, deadline); });
 }
 
 // Notification: what happened before Notify() happens before a wait that
@@ -271,31 +333,34 @@ bool CondVar::WaitWithDeadline(Mutex* mu, Time deadline) {
 void Notification::Notify() {
   static const auto real =
       RealAs<void (*)(Notification*)>("N", "12Notification6NotifyEv");
-  __tsan_release(this);
+  Nesting nest(__builtin_return_address(0));
+  if (nest.outer()) __tsan_release(this);
   real(this);
 }
 
 void Notification::WaitForNotification() const {
   static const auto real = RealAs<void (*)(const Notification*)>(
       "NK", "12Notification19WaitForNotificationEv");
+  Nesting nest(__builtin_return_address(0));
   real(this);
-  __tsan_acquire(const_cast<Notification*>(this));
+  if (nest.outer()) __tsan_acquire(const_cast<Notification*>(this));
 }
 
 bool Notification::WaitForNotificationWithTimeout(Duration timeout) const {
-  static const auto real =
-      RealAs<bool (*)(const Notification*, Duration)>(
-          "NK", "12Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
+  static const auto real = RealAs<bool (*)(const Notification*, Duration)>(
+      "NK", "12Notification30WaitForNotificationWithTimeoutENS0_8DurationE");
+  Nesting nest(__builtin_return_address(0));
   const bool notified = real(this, timeout);
-  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  if (notified && nest.outer()) __tsan_acquire(const_cast<Notification*>(this));
   return notified;
 }
 
 bool Notification::WaitForNotificationWithDeadline(Time deadline) const {
   static const auto real = RealAs<bool (*)(const Notification*, Time)>(
       "NK", "12Notification31WaitForNotificationWithDeadlineENS0_4TimeE");
+  Nesting nest(__builtin_return_address(0));
   const bool notified = real(this, deadline);
-  if (notified) __tsan_acquire(const_cast<Notification*>(this));
+  if (notified && nest.outer()) __tsan_acquire(const_cast<Notification*>(this));
   return notified;
 }
 

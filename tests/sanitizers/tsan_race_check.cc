@@ -71,7 +71,8 @@ int main(int argc, char** argv) {
   const bool unguarded = argc > 1 && std::strcmp(argv[1], "unguarded") == 0;
   Counter counter;
   std::thread a([&] { AddLocked(counter); });
-  std::thread b([&] { unguarded ? AddUnguarded(counter) : AddLocked(counter); });
+  std::thread b(
+      [&] { unguarded ? AddUnguarded(counter) : AddLocked(counter); });
   a.join();
   b.join();
   const int handed = HandOver();
