@@ -7,6 +7,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "estimator/gpu_catalog.h"
@@ -91,7 +92,132 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   return model;
 }
 
+// The token of a token_file, without surrounding whitespace (a file written
+// by `echo` ends in a newline that is not part of the token).
+absl::StatusOr<std::string> ReadTokenFile(const std::string& field,
+                                          const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return Invalid(field, absl::StrCat("cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(text.str()));
+  if (token.empty()) {
+    return Invalid(field, absl::StrCat("'", path, "' is empty"));
+  }
+  return token;
+}
+
+absl::Status ResolveAuth(const kvgate::v1::AuthConfig& auth,
+                         const TlsSettings& tls, Authenticator::Options* out) {
+  for (int i = 0; i < auth.tokens_size(); ++i) {
+    const kvgate::v1::TokenIdentity& t = auth.tokens(i);
+    const std::string field = absl::StrCat("auth.tokens[", i, "]");
+    Authenticator::TokenIdentity identity;
+    if (t.token_sha256().empty() == t.token_file().empty()) {
+      return Invalid(field, "set token_sha256 or token_file (exactly one)");
+    }
+    if (!t.token_sha256().empty()) {
+      absl::StatusOr<Sha256Digest> digest = ParseSha256Hex(t.token_sha256());
+      if (!digest.ok()) {
+        return Invalid(field + ".token_sha256", digest.status().message());
+      }
+      identity.token_sha256 = *digest;
+    } else {
+      absl::StatusOr<std::string> token =
+          ReadTokenFile(field + ".token_file", t.token_file());
+      if (!token.ok()) return token.status();
+      identity.token_sha256 = Sha256(*token);
+    }
+    if (t.tenant().empty()) return Invalid(field + ".tenant", "is required");
+    identity.tenant = t.tenant();
+    identity.allow_critical = t.allow_critical();
+    out->tokens.push_back(std::move(identity));
+  }
+  if (auth.certificates_size() > 0 && tls.client_ca_file.empty()) {
+    return Invalid("auth.certificates",
+                   "need tls.client_ca_file (client certificates are only "
+                   "verified under mutual TLS)");
+  }
+  for (const kvgate::v1::CertificateIdentity& c : auth.certificates()) {
+    out->certificates.push_back({c.name(), c.tenant(), c.allow_critical()});
+  }
+  if (out->tokens.empty() && out->certificates.empty()) return absl::OkStatus();
+  // Create checks the rest (tenants, names, duplicates).
+  absl::StatusOr<std::unique_ptr<Authenticator>> check =
+      Authenticator::Create(*out);
+  return check.status();
+}
+
+// socket_mode, tls, auth and limits.
+absl::Status ResolveSecurity(const kvgate::v1::ServerConfig& config,
+                             ServerSettings* s) {
+  if (!config.socket_mode().empty()) {
+    absl::StatusOr<uint32_t> mode = ParseSocketMode(config.socket_mode());
+    if (!mode.ok()) return Invalid("socket_mode", mode.status().message());
+    s->socket_mode = *mode;
+  }
+  const kvgate::v1::TlsConfig& t = config.tls();
+  if (!t.cert_file().empty() || !t.key_file().empty() ||
+      !t.client_ca_file().empty() || t.require_client_cert()) {
+    if (t.cert_file().empty() || t.key_file().empty()) {
+      return Invalid("tls", "cert_file and key_file are both required");
+    }
+    if (t.require_client_cert() && t.client_ca_file().empty()) {
+      return Invalid("tls.require_client_cert", "needs tls.client_ca_file");
+    }
+    if (absl::StartsWith(s->grpc_address, "unix:")) {
+      return Invalid(
+          "tls", absl::StrCat("not used on a unix socket (grpc_address ",
+                              s->grpc_address,
+                              "): its file permissions (socket_mode) guard "
+                              "it; use bearer tokens to tell callers apart"));
+    }
+    s->tls = {t.cert_file(), t.key_file(), t.client_ca_file(),
+              t.require_client_cert()};
+  }
+  if (absl::Status a = ResolveAuth(config.auth(), s->tls, &s->auth); !a.ok()) {
+    return a;
+  }
+  const kvgate::v1::LimitsConfig& l = config.limits();
+  if (l.max_message_bytes() != 0) {
+    if (l.max_message_bytes() < 4096 || l.max_message_bytes() > (64u << 20)) {
+      return Invalid("limits.max_message_bytes",
+                     "must be between 4096 and 67108864 (64 MiB)");
+    }
+    s->max_message_bytes = l.max_message_bytes();
+  }
+  if (l.max_sequences() != 0) {
+    if (l.max_sequences() > 1000000) {
+      return Invalid("limits.max_sequences", "must be at most 1000000");
+    }
+    s->max_sequences = l.max_sequences();
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::StatusOr<uint32_t> ParseSocketMode(absl::string_view text) {
+  uint32_t mode = 0;
+  if (text.empty() || text.size() > 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected an octal mode such as 0660, got '", text, "'"));
+  }
+  for (char c : text) {
+    if (c < '0' || c > '7') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expected an octal mode such as 0660, got '", text, "'"));
+    }
+    mode = mode * 8 + static_cast<uint32_t>(c - '0');
+  }
+  if (mode > 0777) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", text, "': only permission bits (at most 0777) may be set"));
+  }
+  return mode;
+}
 
 absl::StatusOr<kvgate::v1::ServerConfig> ReadServerConfig(
     const std::string& path) {
@@ -234,6 +360,9 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
                      "must be a positive number");
     }
     c.tenant_weights[tenant] = weight;
+  }
+  if (absl::Status security = ResolveSecurity(config, &s); !security.ok()) {
+    return security;
   }
   const kvgate::v1::LeaseJournalConfig& journal = config.lease_journal();
   s.lease_journal.state_dir = journal.state_dir();

@@ -14,10 +14,12 @@
 #include "absl/time/time.h"
 #include "estimator/serving.h"
 #include "kvgate/v1/config.pb.h"
+#include "plugin/auth.h"
 #include "plugin/controller.h"
 #include "plugin/lease_journal.h"
 #include "plugin/memory_guard.h"
 #include "plugin/nvml_memory_source.h"
+#include "plugin/tls.h"
 
 namespace kvgate {
 
@@ -56,9 +58,22 @@ struct ServerSettings {
   MemorySourceSettings memory_source;
   // Template for each pool's controller (capacity filled in per pool).
   Controller::Options controller;
+  // Permissions of a unix grpc_address socket.
+  uint32_t socket_mode = 0660;
+  // TLS on a TCP grpc_address; !tls.enabled(): plaintext.
+  TlsSettings tls;
+  // Caller identities; empty (no tokens, no certificates): auth is off.
+  Authenticator::Options auth;
+  // Largest gRPC message and most sequences per request.
+  uint64_t max_message_bytes = 1 << 20;
+  uint32_t max_sequences = 4096;
   // The lease journal; an empty state_dir: none (leases in memory only).
   LeaseJournal::Options lease_journal;
 };
+
+// Parses an octal permission mode such as "0660" or "660".
+// InvalidArgument for anything else or a value above 0777.
+absl::StatusOr<uint32_t> ParseSocketMode(absl::string_view text);
 
 // Reads a ServerConfig from `path`: JSON when the name ends in .json, text
 // format otherwise. NotFound for a missing file; InvalidArgument with the

@@ -33,6 +33,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "metrics/metrics.h"
 #include "metrics/metrics_server.h"
+#include "plugin/auth.h"
 #include "plugin/clock.h"
 #include "plugin/config.h"
 #include "plugin/ext_proc/ext_proc_service.h"
@@ -43,6 +44,7 @@
 #include "plugin/model_pool.h"
 #include "plugin/nvml_memory_source.h"
 #include "plugin/static_memory_source.h"
+#include "plugin/tls.h"
 
 ABSL_FLAG(std::string, config, "",
           "ServerConfig file (text format, or JSON when it ends in .json); "
@@ -59,8 +61,17 @@ ABSL_FLAG(std::string, ext_proc_address, "",
           "the main listener)");
 ABSL_FLAG(uint32_t, max_concurrent_streams, 4096,
           "most concurrent calls (queued Admits included) per connection");
-ABSL_FLAG(std::string, socket_mode, "0660",
-          "permissions of the unix socket, in octal");
+ABSL_FLAG(std::string, socket_mode, "",
+          "permissions of the unix socket, in octal (overrides the file; "
+          "default 0660)");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM server certificate (chain) for TLS on a TCP grpc_address "
+          "(overrides the file's tls.cert_file)");
+ABSL_FLAG(std::string, tls_key, "",
+          "PEM private key of --tls_cert (overrides tls.key_file)");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle for mutual TLS: clients must present a certificate "
+          "it signed (sets tls.client_ca_file and tls.require_client_cert)");
 ABSL_FLAG(std::string, health_address, "",
           "host:port of a second listener that serves only "
           "grpc.health.v1.Health (for Kubernetes gRPC probes, which dial the "
@@ -331,11 +342,24 @@ int Run() {
   if (const std::string a = absl::GetFlag(FLAGS_metrics_address); !a.empty()) {
     config.set_metrics_address(a);
   }
-  if (const std::string a = absl::GetFlag(FLAGS_ext_proc_address); !a.empty()) {
-    config.mutable_ext_proc()->set_listen_address(a);
+  if (const std::string m = absl::GetFlag(FLAGS_socket_mode); !m.empty()) {
+    config.set_socket_mode(m);
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_tls_cert); !f.empty()) {
+    config.mutable_tls()->set_cert_file(f);
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_tls_key); !f.empty()) {
+    config.mutable_tls()->set_key_file(f);
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_tls_client_ca); !f.empty()) {
+    config.mutable_tls()->set_client_ca_file(f);
+    config.mutable_tls()->set_require_client_cert(true);
   }
   if (const std::string d = absl::GetFlag(FLAGS_state_dir); !d.empty()) {
     config.mutable_lease_journal()->set_state_dir(d);
+  }
+  if (const std::string a = absl::GetFlag(FLAGS_ext_proc_address); !a.empty()) {
+    config.mutable_ext_proc()->set_listen_address(a);
   }
   absl::StatusOr<ServerSettings> settings = ResolveServerConfig(config);
   if (!settings.ok()) return Fail("invalid configuration", settings.status());
@@ -344,6 +368,36 @@ int Run() {
   if (!ext_proc_options.ok()) {
     return Fail("invalid configuration", ext_proc_options.status());
   }
+
+  // Transport security and caller authentication, checked before anything
+  // starts (and by --validate).
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      grpc::InsecureServerCredentials();
+  if (settings->tls.enabled()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> made =
+        MakeServerCredentials(settings->tls);
+    if (!made.ok()) return Fail("invalid configuration", made.status());
+    credentials = *std::move(made);
+  }
+  std::unique_ptr<Authenticator> authenticator;
+  if (!settings->auth.tokens.empty() || !settings->auth.certificates.empty()) {
+    absl::StatusOr<std::unique_ptr<Authenticator>> made =
+        Authenticator::Create(settings->auth);
+    if (!made.ok()) return Fail("invalid configuration", made.status());
+    authenticator = *std::move(made);
+  }
+  LogInfo(
+      "security",
+      {{"tls", !settings->tls.enabled()            ? "off"
+               : settings->tls.require_client_cert ? "mutual"
+               : !settings->tls.client_ca_file.empty()
+                   ? "on (client certificates verified when sent)"
+                   : "on"},
+       {"auth", authenticator == nullptr
+                    ? "off (tenant and priority trusted as sent)"
+                    : absl::StrCat(settings->auth.tokens.size(), " tokens, ",
+                                   settings->auth.certificates.size(),
+                                   " certificate identities")}});
 
   // Memory source.
   std::unique_ptr<MemorySource> source;
@@ -462,7 +516,10 @@ int Run() {
   ticker.Poll();
 
   // gRPC server.
-  AdmissionService service(&registry, RealClock(), &metrics, {});
+  AdmissionService::Options service_options;
+  service_options.max_sequences = static_cast<int>(settings->max_sequences);
+  service_options.authenticator = authenticator.get();
+  AdmissionService service(&registry, RealClock(), &metrics, service_options);
   ExtProcService ext_proc(&registry, RealClock(), *ext_proc_options);
   const std::string& ext_proc_address = ext_proc_options->listen_address;
   const std::string socket_path = UnixPath(settings->grpc_address);
@@ -475,8 +532,7 @@ int Run() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(settings->grpc_address,
-                           grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(settings->grpc_address, credentials, &port);
   builder.RegisterService(&service);
   if (ext_proc_address.empty()) builder.RegisterService(&ext_proc);
   // A second kvgated on the same TCP port must fail, not share it.
@@ -486,23 +542,27 @@ int Run() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 1 << 20);
+  builder.AddChannelArgument(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                             static_cast<int>(settings->max_message_bytes));
+  // bind() creates the socket with 0777 & ~umask: with this umask it is
+  // born with socket_mode, leaving no moment at which others may connect.
+  const mode_t old_umask =
+      socket_path.empty() ? 0 : umask(0777 & ~settings->socket_mode);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!socket_path.empty()) umask(old_umask);
   if (server == nullptr || (socket_path.empty() && port == 0)) {
     return Fail("cannot listen",
                 absl::UnavailableError(absl::StrCat(
                     "could not bind ", settings->grpc_address,
                     " (address in use or not permitted)")));
   }
-  if (!socket_path.empty()) {
-    const std::string mode_text = absl::GetFlag(FLAGS_socket_mode);
-    char* end = nullptr;
-    const unsigned long mode = std::strtoul(mode_text.c_str(), &end, 8);
-    if (mode_text.empty() || *end != '\0' || mode > 0777 ||
-        chmod(socket_path.c_str(), static_cast<mode_t>(mode)) != 0) {
-      LogWarning("could not set the socket mode",
-                 {{"mode", absl::GetFlag(FLAGS_socket_mode)}});
-    }
+  if (!socket_path.empty() &&
+      chmod(socket_path.c_str(), static_cast<mode_t>(settings->socket_mode)) !=
+          0) {
+    return Fail("cannot listen",
+                absl::PermissionDeniedError(absl::StrCat(
+                    "cannot set the mode of ", socket_path, ": ",
+                    strerror(errno))));
   }
   std::unique_ptr<grpc::Server> health_server;
   if (const std::string a = absl::GetFlag(FLAGS_health_address); !a.empty()) {
