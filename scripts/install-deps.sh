@@ -21,10 +21,11 @@ BUILD_PACKAGES=(
   python3 python3-grpcio python3-protobuf python3-fastapi python3-starlette
   python3-uvicorn python3-httpx python3-pytest
   yamllint python3-yaml
+  libssl-dev openssl
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
-  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libssl3
 )
 
 packages=("${BUILD_PACKAGES[@]}")
