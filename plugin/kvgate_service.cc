@@ -73,7 +73,11 @@ Status ToResponse(AdmitOutcome outcome, kvgate::v1::AdmitResponse* response) {
   if (!outcome.admitted) {
     ToProto(outcome.retry_after, response->mutable_retry_after());
   }
-  ToProto(outcome.queued_for, response->mutable_queued_for());
+  // Left unset (reads as zero) for a request that never waited: no
+  // sub-message to allocate and encode on the common path.
+  if (outcome.queued_for > absl::ZeroDuration()) {
+    ToProto(outcome.queued_for, response->mutable_queued_for());
+  }
   response->set_message(std::move(outcome.message));
   return Status::OK;
 }
