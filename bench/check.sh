@@ -139,7 +139,7 @@ EOF
   for c in 8 64; do
     out=$work/compare-$transport-$c.json
     "$loadgen" --address="$address" --compare --concurrency="$c" --channels=4 \
-      --duration="$duration" --rounds=5 --server_pid="$server_pid" >"$out"
+      --duration="$duration" --rounds=20 --server_pid="$server_pid" >"$out"
     echo "== $transport, concurrency $c: $(jq -c '{
       admit_release_per_s: .admit_release.operations_per_second,
       noop_pairs_per_s: .noop.operations_per_second,
@@ -149,6 +149,7 @@ EOF
       check_us: .noop.latency_us.check,
       decisions: .admit_release.decisions,
       errors: (.admit_release.errors + .noop.errors)}' "$out")"
+    echo "   server CPU per admit+release / per 2 checks: $(jq .ratios.server_cpu_per_operation "$out")"
     check "$transport c=$c throughput admit+release / 2 checks" \
       "$(jq .ratios.throughput "$out")" ">=" 0.90
     check "$transport c=$c p99 admit / p99 check" \

@@ -824,6 +824,11 @@ int RunCompare(const Client& client) {
                                      checks.PercentileMicros(0.99))},
       {"p99_pair", ratio(admit_stats.op.PercentileMicros(0.99),
                          noop_stats.op.PercentileMicros(0.99))},
+      {"server_cpu_per_operation",
+       admit_stats.server_cpu_seconds >= 0 && noop_stats.server_cpu_seconds > 0
+           ? ratio(admit_stats.server_cpu_seconds / admit_stats.ops,
+                   noop_stats.server_cpu_seconds / noop_stats.ops)
+           : 0},
       {"p50_admit_over_check", ratio(admit_stats.first.PercentileMicros(0.5),
                                      checks.PercentileMicros(0.5))}};
   out["noop"]["latency_us"]["check"] = checks.Summary();

@@ -386,18 +386,19 @@ int Run() {
     if (!made.ok()) return Fail("invalid configuration", made.status());
     authenticator = *std::move(made);
   }
-  LogInfo(
-      "security",
-      {{"tls", !settings->tls.enabled()            ? "off"
-               : settings->tls.require_client_cert ? "mutual"
-               : !settings->tls.client_ca_file.empty()
-                   ? "on (client certificates verified when sent)"
-                   : "on"},
-       {"auth", authenticator == nullptr
-                    ? "off (tenant and priority trusted as sent)"
-                    : absl::StrCat(settings->auth.tokens.size(), " tokens, ",
-                                   settings->auth.certificates.size(),
-                                   " certificate identities")}});
+  // Logged with "listening", so that a start-up failure stays one line.
+  const std::string tls_mode =
+      !settings->tls.enabled()            ? "off"
+      : settings->tls.require_client_cert ? "mutual"
+      : !settings->tls.client_ca_file.empty()
+          ? "on (client certificates verified when sent)"
+          : "on";
+  const std::string auth_mode =
+      authenticator == nullptr
+          ? "off (tenant and priority trusted as sent)"
+          : absl::StrCat(settings->auth.tokens.size(), " tokens, ",
+                         settings->auth.certificates.size(),
+                         " certificate identities");
 
   // Memory source.
   std::unique_ptr<MemorySource> source;
@@ -600,7 +601,9 @@ int Run() {
           {{"address", settings->grpc_address},
            {"port", absl::StrCat(port)},
            {"models", absl::StrCat(registry.pools().size())},
-           {"health_address", absl::GetFlag(FLAGS_health_address)}});
+           {"health_address", absl::GetFlag(FLAGS_health_address)},
+           {"tls", tls_mode},
+           {"auth", auth_mode}});
 
   // Wait for SIGTERM/SIGINT, then drain: no new admits, every queued
   // request answered, then the server stops.
