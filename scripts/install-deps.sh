@@ -22,6 +22,7 @@ BUILD_PACKAGES=(
   python3-uvicorn python3-httpx python3-pytest
   yamllint python3-yaml
   libssl-dev openssl
+  jq
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
