@@ -67,7 +67,8 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   }
   if (!m.kv_cache_dtype().empty() && m.kv_cache_dtype() != "auto") {
     absl::StatusOr<DType> d = ParseDType(m.kv_cache_dtype());
-    if (!d.ok()) return Invalid(field + ".kv_cache_dtype", d.status().message());
+    if (!d.ok())
+      return Invalid(field + ".kv_cache_dtype", d.status().message());
     o.kv_cache_dtype = *d;
   }
   if (m.block_size() > 1024) {
@@ -87,7 +88,8 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   }
   o.chunked_prefill_tokens = m.chunked_prefill_tokens();
   o.share_prompt_prefix = m.share_prompt_prefix();
-  absl::StatusOr<ServingModel> model = ServingModel::Create(*std::move(spec), o);
+  absl::StatusOr<ServingModel> model =
+      ServingModel::Create(*std::move(spec), o);
   if (!model.ok()) return Invalid(field, model.status().message());
   return model;
 }
@@ -244,8 +246,7 @@ absl::StatusOr<kvgate::v1::ServerConfig> ReadServerConfig(
   ErrorCollector errors;
   parser.RecordErrorsTo(&errors);
   if (!parser.ParseFromString(text.str(), &config)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": ", errors.first()));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", errors.first()));
   }
   return config;
 }
@@ -271,7 +272,8 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
     if (name.empty()) name = !m.preset().empty() ? m.preset() : "";
     if (name.empty()) return Invalid(field + ".name", "is required");
     if (!names.insert(name).second) {
-      return Invalid(field + ".name", absl::StrCat("duplicate model '", name, "'"));
+      return Invalid(field + ".name",
+                     absl::StrCat("duplicate model '", name, "'"));
     }
     absl::StatusOr<ServingModel> model = ResolveModel(m, field);
     if (!model.ok()) return model.status();
@@ -298,7 +300,8 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
   if (src.has_nvml()) {
     const kvgate::v1::NvmlSourceConfig& n = src.nvml();
     s.memory_source.kind = MemorySourceSettings::Kind::kNvml;
-    if (!n.library_path().empty()) s.memory_source.nvml_library = n.library_path();
+    if (!n.library_path().empty())
+      s.memory_source.nvml_library = n.library_path();
     if (n.has_poll_interval()) {
       s.memory_source.poll_interval = FromProto(n.poll_interval());
       if (s.memory_source.poll_interval < absl::Milliseconds(10) ||
@@ -387,15 +390,16 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
 
 absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
                                       uint64_t device_bytes) {
-  const uint64_t usable = static_cast<uint64_t>(
-      std::floor(static_cast<double>(device_bytes) * pool.gpu_memory_utilization));
-  const uint64_t fixed = pool.model.weights_bytes() + pool.runtime_overhead_bytes;
+  const uint64_t usable = static_cast<uint64_t>(std::floor(
+      static_cast<double>(device_bytes) * pool.gpu_memory_utilization));
+  const uint64_t fixed =
+      pool.model.weights_bytes() + pool.runtime_overhead_bytes;
   if (fixed >= usable) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", pool.name, "' does not fit: weights ",
-        pool.model.weights_bytes(), " B + overhead ", pool.runtime_overhead_bytes,
-        " B >= ", usable, " B usable (", device_bytes, " B x ",
-        pool.gpu_memory_utilization, ")"));
+        pool.model.weights_bytes(), " B + overhead ",
+        pool.runtime_overhead_bytes, " B >= ", usable, " B usable (",
+        device_bytes, " B x ", pool.gpu_memory_utilization, ")"));
   }
   return usable - fixed;
 }

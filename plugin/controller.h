@@ -198,7 +198,7 @@ class Controller {
     absl::Duration assumed_lease_hold = absl::Seconds(5);
     // Fairness weights per tenant; a tenant not listed weighs 1.0. Each > 0.
     absl::flat_hash_map<std::string, double> tenant_weights;
-    ControllerListener* listener = nullptr;  // not owned; may be null
+    ControllerListener* listener = nullptr;   // not owned; may be null
     LeaseObserver* lease_observer = nullptr;  // not owned; may be null
   };
 
@@ -374,8 +374,7 @@ class Controller {
   // Lease ids of restored leases (issued by an earlier kvgated, under another
   // prefix) -> their seq here. Kept after release, so that a second Release
   // of one is OK(0) rather than NotFound; bounded by what was restored.
-  absl::flat_hash_map<std::string, uint64_t> restored_ids_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> restored_ids_ ABSL_GUARDED_BY(mu_);
 
   // Queue.
   std::array<std::unique_ptr<PriorityLevel>, kNumPriorities> levels_;

@@ -113,8 +113,8 @@ absl::Status CheckUnixSocketFree(const std::string& path) {
   }
   std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
   const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  const bool live =
-      fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  const bool live = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&addr),
+                                       sizeof(addr)) == 0;
   if (fd >= 0) close(fd);
   if (live) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -144,7 +144,10 @@ class Ticker {
  public:
   Ticker(const ModelRegistry* registry, MemoryGuard* guard,
          const MemorySourceSettings* source, KvgateMetrics* metrics)
-      : registry_(registry), guard_(guard), source_(source), metrics_(metrics) {}
+      : registry_(registry),
+        guard_(guard),
+        source_(source),
+        metrics_(metrics) {}
 
   void Start() {
     thread_ = std::thread([this] { Run(); });
@@ -158,10 +161,9 @@ class Ticker {
   void Poll() {
     const MemoryGuard::Reading r = guard_->Poll();
     if (!r.ok) {
-      metrics_->IncMemorySourceError(source_->kind ==
-                                             MemorySourceSettings::Kind::kNvml
-                                         ? "nvml"
-                                         : "static");
+      metrics_->IncMemorySourceError(
+          source_->kind == MemorySourceSettings::Kind::kNvml ? "nvml"
+                                                             : "static");
       if (!last_error_) {
         LogError("memory source read failed",
                  {{"error", r.error.ToString()},
@@ -439,7 +441,8 @@ int Run() {
     source = MakeStaticMemorySource(src.static_device_bytes, devices);
   }
   absl::StatusOr<std::vector<DeviceMemory>> first_read = source->Read();
-  if (!first_read.ok()) return Fail("memory source failed", first_read.status());
+  if (!first_read.ok())
+    return Fail("memory source failed", first_read.status());
 
   // The lease journal (crash recovery), replayed before any controller
   // exists; --validate leaves it alone.
@@ -468,10 +471,12 @@ int Run() {
       for (const DeviceMemory& d : *first_read) {
         for (const std::string& gpu : m.gpus) {
           uint32_t index = 0;
-          const bool match = absl::SimpleAtoi(gpu, &index) ? d.index == index
-                                                            : d.uuid == gpu;
+          const bool match =
+              absl::SimpleAtoi(gpu, &index) ? d.index == index : d.uuid == gpu;
           // What CUDA can allocate: the driver's reservation is not usable.
-          if (match) device_bytes = std::min(device_bytes, d.total_bytes - d.reserved_bytes);
+          if (match)
+            device_bytes =
+                std::min(device_bytes, d.total_bytes - d.reserved_bytes);
         }
       }
     }
@@ -481,10 +486,12 @@ int Run() {
     options.capacity_bytes = *capacity;
     options.activation_sum = m.activation_sum;
     options.listener = metrics.ListenerFor(m.name);
-    if (journal != nullptr) options.lease_observer = journal->ObserverFor(m.name);
+    if (journal != nullptr)
+      options.lease_observer = journal->ObserverFor(m.name);
     absl::StatusOr<std::unique_ptr<Controller>> controller =
         Controller::Create(options, RealClock());
-    if (!controller.ok()) return Fail("invalid configuration", controller.status());
+    if (!controller.ok())
+      return Fail("invalid configuration", controller.status());
     LogInfo("model loaded",
             {{"model", m.name},
              {"model_type", m.model.spec().model_type},
@@ -539,11 +546,13 @@ int Run() {
   if (ext_proc_address.empty()) builder.RegisterService(&ext_proc);
   // A second kvgated on the same TCP port must fail, not share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                             static_cast<int>(absl::GetFlag(FLAGS_max_concurrent_streams)));
+  builder.AddChannelArgument(
+      GRPC_ARG_MAX_CONCURRENT_STREAMS,
+      static_cast<int>(absl::GetFlag(FLAGS_max_concurrent_streams)));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
                              static_cast<int>(settings->max_message_bytes));
   // bind() creates the socket with 0777 & ~umask: with this umask it is
@@ -553,18 +562,16 @@ int Run() {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!socket_path.empty()) umask(old_umask);
   if (server == nullptr || (socket_path.empty() && port == 0)) {
-    return Fail("cannot listen",
-                absl::UnavailableError(absl::StrCat(
-                    "could not bind ", settings->grpc_address,
-                    " (address in use or not permitted)")));
+    return Fail("cannot listen", absl::UnavailableError(absl::StrCat(
+                                     "could not bind ", settings->grpc_address,
+                                     " (address in use or not permitted)")));
   }
   if (!socket_path.empty() &&
       chmod(socket_path.c_str(), static_cast<mode_t>(settings->socket_mode)) !=
           0) {
-    return Fail("cannot listen",
-                absl::PermissionDeniedError(absl::StrCat(
-                    "cannot set the mode of ", socket_path, ": ",
-                    strerror(errno))));
+    return Fail("cannot listen", absl::PermissionDeniedError(absl::StrCat(
+                                     "cannot set the mode of ", socket_path,
+                                     ": ", strerror(errno))));
   }
   std::unique_ptr<grpc::Server> health_server;
   if (const std::string a = absl::GetFlag(FLAGS_health_address); !a.empty()) {
@@ -598,13 +605,12 @@ int Run() {
   service.SetReady(true);
   set_serving(true);
   ticker.Start();
-  LogInfo("listening",
-          {{"address", settings->grpc_address},
-           {"port", absl::StrCat(port)},
-           {"models", absl::StrCat(registry.pools().size())},
-           {"health_address", absl::GetFlag(FLAGS_health_address)},
-           {"tls", tls_mode},
-           {"auth", auth_mode}});
+  LogInfo("listening", {{"address", settings->grpc_address},
+                        {"port", absl::StrCat(port)},
+                        {"models", absl::StrCat(registry.pools().size())},
+                        {"health_address", absl::GetFlag(FLAGS_health_address)},
+                        {"tls", tls_mode},
+                        {"auth", auth_mode}});
 
   // Wait for SIGTERM/SIGINT, then drain: no new admits, every queued
   // request answered, then the server stops.
@@ -616,7 +622,8 @@ int Run() {
     service.StartDraining();
     ext_proc.StartDraining();
     for (const auto& pool : registry.pools()) pool->controller().Drain();
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
     if (ext_proc_server != nullptr) {
       ext_proc_server->Shutdown(std::chrono::system_clock::now() +
                                 std::chrono::seconds(5));

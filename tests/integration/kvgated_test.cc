@@ -23,6 +23,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -599,6 +600,115 @@ TEST_F(KvgatedTest, UnknownModelIsNotFound) {
   EXPECT_EQ(stub_->GetBudget(&context, budget_request, &budget).error_code(),
             grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
+}
+
+// ---------------------------------------------------------------------------
+// The kvgate CLI's client subcommands against the real server.
+
+// Runs the kvgate CLI with `args`; its exit code and output.
+KvgatedProcess::Exit RunCli(std::vector<std::string> args) {
+  KvgatedProcess::Options options;
+  options.binary = KVGATE_CLI_PATH;
+  options.args = std::move(args);
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  EXPECT_TRUE(exit.ok()) << exit.status();
+  return exit.ok() ? *std::move(exit) : KvgatedProcess::Exit{};
+}
+
+TEST_F(KvgatedTest, CliAdmitBudgetAndReleaseGoThroughTheServer) {
+  StartServer(PoolConfig(shape_, shape_.CapacityFor(2)));
+  const std::string address = "--address=" + server_->address();
+  const std::string model = absl::StrCat("--model=", kModel);
+
+  KvgatedProcess::Exit admit =
+      RunCli({"admit", address, model, "--json", "--request-id=cli-1",
+              absl::StrCat("--prompt-tokens=", kPromptTokens),
+              absl::StrCat("--max-new-tokens=", kMaxNewTokens)});
+  ASSERT_EQ(admit.code, 0) << admit.stderr_text;
+  const nlohmann::json admitted = nlohmann::json::parse(admit.stdout_text);
+  EXPECT_EQ(admitted["decision"], "ADMITTED");
+  EXPECT_EQ(admitted["reserved_bytes"].get<uint64_t>(), shape_.total);
+  const std::string lease = admitted["lease_id"].get<std::string>();
+  ASSERT_FALSE(lease.empty());
+
+  // The CLI's budget is the server's.
+  KvgatedProcess::Exit budget = RunCli({"budget", address, model, "--json"});
+  ASSERT_EQ(budget.code, 0) << budget.stderr_text;
+  const nlohmann::json shown = nlohmann::json::parse(budget.stdout_text);
+  EXPECT_EQ(shown["reserved_bytes"].get<uint64_t>(), shape_.total);
+  EXPECT_EQ(shown["active_leases"].get<uint32_t>(), 1u);
+  EXPECT_EQ(GetBudget().reserved_bytes(), shape_.total);
+
+  KvgatedProcess::Exit release =
+      RunCli({"release", address, "--json", "--lease-id=" + lease});
+  ASSERT_EQ(release.code, 0) << release.stderr_text;
+  EXPECT_EQ(nlohmann::json::parse(release.stdout_text)["released_bytes"]
+                .get<uint64_t>(),
+            shape_.total);
+  // Idempotent through the CLI too.
+  release = RunCli({"release", address, "--json", "--lease-id=" + lease});
+  ASSERT_EQ(release.code, 0) << release.stderr_text;
+  EXPECT_EQ(nlohmann::json::parse(release.stdout_text)["released_bytes"]
+                .get<uint64_t>(),
+            0u);
+  EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
+}
+
+TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
+  StartServer(PoolConfig(shape_, shape_.CapacityFor(2)));
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {{"admit", "--address=" + server_->address(), "--model=no-such-model"},
+       "no-such-model"},
+      {{"admit", "--address=" + server_->address(),
+        absl::StrCat("--model=", kModel), "--prompt-tokens=0"},
+       "prompt"},
+      {{"release", "--address=" + server_->address()}, "--lease-id"},
+      {{"budget", "--address=" + UniqueUnixAddress("nobody-listens"),
+        absl::StrCat("--model=", kModel), "--timeout=2"},
+       "unavailable"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrJoin(c.args, " "));
+    const KvgatedProcess::Exit exit = RunCli(c.args);
+    EXPECT_NE(exit.code, 0);
+    EXPECT_EQ(exit.stdout_text, "");
+    const std::vector<std::string> lines =
+        absl::StrSplit(exit.stderr_text, '\n', absl::SkipEmpty());
+    ASSERT_EQ(lines.size(), 1u) << exit.stderr_text;
+    EXPECT_THAT(lines[0], HasSubstr(c.says));
+  }
+  EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
+}
+
+// ---------------------------------------------------------------------------
+// Flags and the config file.
+
+TEST_F(KvgatedTest, FlagsOverrideTheConfigFile) {
+  // The file names one socket and one metrics port; the flags name others.
+  const std::string file_address = UniqueUnixAddress("from-file");
+  const std::string flag_address = UniqueUnixAddress("from-flag");
+  absl::StatusOr<int> metrics_port = FreeTcpPort();
+  ASSERT_TRUE(metrics_port.ok()) << metrics_port.status();
+  KvgatedProcess::Options options = ServerOptions(
+      PoolConfig(shape_, shape_.CapacityFor(2),
+                 absl::StrCat("grpc_address: \"", file_address, "\"\n")),
+      flag_address);
+  options.args.push_back(
+      absl::StrCat("--metrics_address=127.0.0.1:", *metrics_port));
+  absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
+      KvgatedProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<int> health = HealthCheck((*server)->NewChannel(), "");
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_NE(access(file_address.substr(5).c_str(), F_OK), 0)
+      << "kvgated listened on the file's address too";
+  EXPECT_THAT(
+      (*server)->Stderr(),
+      HasSubstr(absl::StrCat("\"address\":\"127.0.0.1:", *metrics_port, "\"")));
 }
 
 // ---------------------------------------------------------------------------
