@@ -14,6 +14,10 @@
 #   1. Admit+Release through the real server reaches >= 90% of the throughput
 #      of two no-op RPCs (grpc.health.v1.Health/Check) at concurrency 8 and
 #      64, over a unix socket and over TCP; Admit's p99 <= 1.2x Check's p99.
+#      The throughput ratio checked is pooled over all phases of both modes
+#      (20 rounds, ABBA order); the ratio of each round's two adjacent phases
+#      is printed beside it (median, min, max) to show how much this VM's
+#      speed drifted during the run.
 #   2. Controller alone: admit + release median < 1 us uncontended; its cost
 #      with 10,000 requests queued within 1.5x of its cost with 100 queued
 #      (not linear in the queue length; below 100 the bounded backfill scan
@@ -150,6 +154,9 @@ EOF
       decisions: .admit_release.decisions,
       errors: (.admit_release.errors + .noop.errors)}' "$out")"
     echo "   server CPU per admit+release / per 2 checks: $(jq .ratios.server_cpu_per_operation "$out")"
+    echo "   throughput ratio per round (adjacent phases): median" \
+         "$(jq .ratios.throughput_median_of_rounds "$out"), min, max" \
+         "$(jq -c .ratios.throughput_rounds_min_max "$out")"
     check "$transport c=$c throughput admit+release / 2 checks" \
       "$(jq .ratios.throughput "$out")" ">=" 0.90
     check "$transport c=$c p99 admit / p99 check" \

@@ -795,9 +795,21 @@ int RunCompare(const Client& client) {
     RunPhase(&admit, client, absl::GetFlag(FLAGS_warmup), max_ops, &discard);
   }
   Stats admit_stats, noop_stats;
+  // Throughput ratio of each round's two adjacent phases: the machine's
+  // speed (a shared VM's steal time) changes over seconds, and a round's
+  // two phases see nearly the same machine.
+  std::vector<double> round_ratios;
+  auto rate_of = [](const Stats& s, uint64_t ops, double seconds) {
+    const double dt = s.seconds - seconds;
+    return dt > 0 ? static_cast<double>(s.ops.load() - ops) / dt : 0.0;
+  };
   for (int r = 0; r < rounds; ++r) {
     // ABBA order, so a drift in the machine's load falls on both alike.
     const bool admit_first = r % 2 == 0;
+    const uint64_t admit_ops = admit_stats.ops.load();
+    const uint64_t noop_ops = noop_stats.ops.load();
+    const double admit_seconds = admit_stats.seconds;
+    const double noop_seconds = noop_stats.seconds;
     for (int k = 0; k < 2; ++k) {
       if ((k == 0) == admit_first) {
         RunPhase(&admit, client, phase, max_ops, &admit_stats);
@@ -805,6 +817,17 @@ int RunCompare(const Client& client) {
         RunPhase(&noop, client, phase, max_ops, &noop_stats);
       }
     }
+    const double noop_rate = rate_of(noop_stats, noop_ops, noop_seconds);
+    if (noop_rate > 0) {
+      round_ratios.push_back(
+          rate_of(admit_stats, admit_ops, admit_seconds) / noop_rate);
+    }
+  }
+  std::sort(round_ratios.begin(), round_ratios.end());
+  double median_ratio = 0;
+  if (!round_ratios.empty()) {
+    const size_t n = round_ratios.size();
+    median_ratio = (round_ratios[(n - 1) / 2] + round_ratios[n / 2]) / 2;
   }
   nlohmann::json out = Header("compare");
   out["rounds"] = rounds;
@@ -820,6 +843,10 @@ int RunCompare(const Client& client) {
   };
   out["ratios"] = {
       {"throughput", ratio(admit_rate, noop_rate)},
+      {"throughput_median_of_rounds", ratio(median_ratio, 1.0)},
+      {"throughput_rounds_min_max",
+       {round_ratios.empty() ? 0 : ratio(round_ratios.front(), 1.0),
+        round_ratios.empty() ? 0 : ratio(round_ratios.back(), 1.0)}},
       {"p99_admit_over_check", ratio(admit_stats.first.PercentileMicros(0.99),
                                      checks.PercentileMicros(0.99))},
       {"p99_pair", ratio(admit_stats.op.PercentileMicros(0.99),
