@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "plugin/admit_request.h"
+#include "plugin/handoff.h"
 
 namespace kvgate {
 namespace {
@@ -108,11 +109,13 @@ struct AdmissionService::AdmitCall {
 // takes the entry out of the queue. Owns its AdmitCall.
 class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
  public:
-  AdmitReactor(std::unique_ptr<AdmitCall> call, Controller* controller,
-               uint64_t handle, KvgateMetrics* metrics, Clock* clock,
-               absl::Time start, kvgate::v1::AdmitResponse* response,
+  AdmitReactor(CallTracker* calls, std::unique_ptr<AdmitCall> call,
+               Controller* controller, uint64_t handle, KvgateMetrics* metrics,
+               Clock* clock, absl::Time start,
+               kvgate::v1::AdmitResponse* response,
                grpc::CallbackServerContext* context)
-      : call_(std::move(call)),
+      : calls_(calls),
+        call_(std::move(call)),
         context_(context),
         controller_(controller),
         handle_(handle),
@@ -121,15 +124,21 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
         start_(start),
         response_(response) {}
 
-  void OnCancel() override { controller_->Cancel(handle_); }
+  void OnCancel() override {
+    HandOffReceived(this);
+    controller_->Cancel(handle_);
+  }
   // A lease granted to a caller that was gone (cancelled, or past its
   // deadline) before the answer reached it is one it will never release:
   // give it back now rather than hold the bytes until the lease's TTL.
   void OnDone() override {
+    HandOffReceived(this);
     if (!granted_lease_.empty() && context_->IsCancelled()) {
       controller_->Release(granted_lease_).IgnoreError();
     }
+    CallTracker* calls = calls_;
     delete this;
+    calls->End();
   }
 
   // For a reactor that was never returned to gRPC.
@@ -141,10 +150,12 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
     if (metrics_ != nullptr) {
       metrics_->ObserveAdmitDuration(clock_->Now() - start_);
     }
+    HandOff(this);
     Finish(status);
   }
 
  private:
+  CallTracker* const calls_;
   std::unique_ptr<AdmitCall> call_;
   grpc::CallbackServerContext* const context_;
   std::string granted_lease_;  // set when answered ADMITTED
@@ -258,14 +269,18 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
              AdmitCall::kAnswered) {
     // Queued: hand over to a reactor of its own, unless the answer arrives
     // from another thread in the meantime.
-    auto* reactor = new AdmitReactor(std::move(call), &controller, *handle,
-                                     metrics_, clock_, now, response, context);
+    auto* reactor =
+        new AdmitReactor(&calls_, std::move(call), &controller, *handle,
+                         metrics_, clock_, now, response, context);
     raw->reactor = reactor;
+    HandOff(reactor);  // to gRPC, which runs OnCancel/OnDone
+    calls_.Begin();    // ended by the reactor's OnDone
     int expected = AdmitCall::kPending;
     if (raw->state.compare_exchange_strong(expected, AdmitCall::kHandedOver,
                                            std::memory_order_acq_rel)) {
       return reactor;
     }
+    calls_.End();
     // Answered after all: the reactor was never returned to gRPC.
     call = reactor->TakeCall();
     delete reactor;

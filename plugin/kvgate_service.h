@@ -15,6 +15,7 @@
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "metrics/metrics.h"
 #include "plugin/auth.h"
+#include "plugin/call_tracker.h"
 #include "plugin/clock.h"
 #include "plugin/model_pool.h"
 
@@ -43,6 +44,10 @@ class AdmissionService final : public kvgate::v1::Admission::CallbackService {
   void SetReady(bool ready) { ready_.store(ready); }
   // From now on Admit answers REJECTED/DRAINING; Release and Renew go on.
   void StartDraining() { draining_.store(true); }
+  // Waits until every Admit that waited in a queue is done with (its
+  // reactor's OnDone has run); false if some are not after `timeout`. For
+  // shutdown, after the server has stopped.
+  bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }
 
   grpc::ServerUnaryReactor* Admit(grpc::CallbackServerContext* context,
                                   const kvgate::v1::AdmitRequest* request,
@@ -81,6 +86,7 @@ class AdmissionService final : public kvgate::v1::Admission::CallbackService {
   Options options_;
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
+  CallTracker calls_;  // AdmitReactors alive
 };
 
 }  // namespace kvgate

@@ -461,8 +461,9 @@ int Run() {
   }
 
   // Pools: capacity from the tightest device each model runs on.
-  ModelRegistry registry;
+  // Metrics first: the controllers report to them until destroyed.
   KvgateMetrics metrics(KvgateMetrics::Options{kVersion, KVGATE_REVISION});
+  ModelRegistry registry;
   std::vector<ModelPoolSettings> pools = std::move(settings->models);
   for (ModelPoolSettings& m : pools) {
     uint64_t device_bytes = src.static_device_bytes;
@@ -639,6 +640,13 @@ int Run() {
     }
   }
   if (health_server != nullptr) health_server->Wait();
+  // The servers are stopped, but a reactor's last callbacks (OnCancel,
+  // OnDone) may still run on gRPC's executor: wait for them before the
+  // controllers and metrics they use go away.
+  if (!service.WaitForCalls(absl::Seconds(5)) ||
+      !ext_proc.WaitForCalls(absl::Seconds(5))) {
+    LogWarning("calls still open after shutdown");
+  }
   ticker.Stop();
   if (!socket_path.empty()) unlink(socket_path.c_str());
   LogInfo("stopped");

@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "plugin/ext_proc/ext_proc_responses.h"
 #include "plugin/ext_proc/openai_request.h"
+#include "plugin/handoff.h"
 
 namespace kvgate {
 namespace {
@@ -69,10 +70,15 @@ class ExtProcService::Stream final
  public:
   Stream(ExtProcService* service, std::string request_id)
       : service_(service), request_id_(std::move(request_id)) {
+    service_->calls_.Begin();
+    HandOff(this);
     StartRead(&request_);
   }
 
+  ~Stream() override { service_->calls_.End(); }
+
   void OnReadDone(bool ok) override {
+    HandOffReceived(this);
     if (!ok) {  // Envoy closed its side, or the stream broke.
       {
         absl::MutexLock lock(&mu_);
@@ -90,14 +96,19 @@ class ExtProcService::Stream final
       more = !finished_;
     }
     Run(std::move(action));
-    if (more) StartRead(&request_);
+    if (more) {
+      HandOff(this);
+      StartRead(&request_);
+    }
   }
 
   void OnWriteDone(bool ok) override {
+    HandOffReceived(this);
     absl::MutexLock lock(&mu_);
     writes_.pop_front();
     if (!ok) writes_.clear();  // the stream is broken; a cancel follows
     if (!writes_.empty()) {
+      HandOff(this);
       StartWrite(&writes_.front());
       return;
     }
@@ -107,6 +118,7 @@ class ExtProcService::Stream final
 
   // Client abort, upstream reset, Envoy gone or deadline passed.
   void OnCancel() override {
+    HandOffReceived(this);
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
@@ -116,6 +128,7 @@ class ExtProcService::Stream final
   }
 
   void OnDone() override {
+    HandOffReceived(this);
     Abandon();
     bool last = false;
     {
@@ -501,6 +514,7 @@ class ExtProcService::Stream final
     writes_.push_back(std::move(response));
     if (!writing_) {
       writing_ = true;
+      HandOff(this);
       StartWrite(&writes_.front());
     }
   }
@@ -509,6 +523,7 @@ class ExtProcService::Stream final
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || writing_ || !(reads_done_ || cancelled_)) return;
     finished_ = true;
+    HandOff(this);
     Finish(grpc::Status::OK);
   }
 

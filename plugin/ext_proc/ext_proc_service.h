@@ -34,8 +34,10 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/time/time.h"
 #include "envoy/service/ext_proc/v3/external_processor.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "plugin/call_tracker.h"
 #include "plugin/clock.h"
 #include "plugin/ext_proc/ext_proc_options.h"
 #include "plugin/model_pool.h"
@@ -54,6 +56,9 @@ class ExtProcService final
   // From now on gated requests are answered 503 (DRAINING); requests already
   // admitted go on to the end of their responses.
   void StartDraining() { draining_.store(true); }
+  // Waits until every stream is done with (deleted); false if some are not
+  // after `timeout`. For shutdown, after the server has stopped.
+  bool WaitForCalls(absl::Duration timeout) { return calls_.WaitIdle(timeout); }
 
   grpc::ServerBidiReactor<envoy::service::ext_proc::v3::ProcessingRequest,
                           envoy::service::ext_proc::v3::ProcessingResponse>*
@@ -73,6 +78,7 @@ class ExtProcService final
   std::atomic<uint64_t> next_stream_{1};
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};
+  CallTracker calls_;  // Streams alive
 };
 
 }  // namespace kvgate

@@ -24,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "plugin/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {
@@ -49,6 +50,7 @@ class EnvoyStream final
     context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
     stub->async()->Process(&context_, this);
     StartRead(&incoming_);
+    HandOff(this);  // callbacks run on gRPC threads
     StartCall();
   }
   ~EnvoyStream() override {
@@ -62,6 +64,7 @@ class EnvoyStream final
     outgoing_.push_back(request);
     if (!writing_) {
       writing_ = true;
+      HandOff(this);
       StartWrite(&outgoing_.front());
     }
   }
@@ -96,6 +99,7 @@ class EnvoyStream final
   }
 
   void OnWriteDone(bool ok) override {
+    HandOffReceived(this);
     absl::MutexLock lock(&mu_);
     outgoing_.pop_front();
     if (!ok) outgoing_.clear();
@@ -107,6 +111,7 @@ class EnvoyStream final
     if (close_pending_ && ok) StartWritesDone();
   }
   void OnReadDone(bool ok) override {
+    HandOffReceived(this);
     absl::MutexLock lock(&mu_);
     if (!ok) {
       reads_done_ = true;
@@ -116,6 +121,7 @@ class EnvoyStream final
     StartRead(&incoming_);
   }
   void OnDone(const grpc::Status& status) override {
+    HandOffReceived(this);
     absl::MutexLock lock(&mu_);
     status_ = status;
     done_ = true;

@@ -48,6 +48,7 @@
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "plugin/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {
@@ -728,8 +729,10 @@ class OverloadRound {
             {absl::Now() + absl::Milliseconds(millis(random)), &call});
       }
       Admission::Stub* stub = stubs_[i % stubs_.size()].get();
+      HandOff(&call);  // the callback runs on a gRPC thread
       stub->async()->Admit(&call.context, &call.request, &call.response,
                            [&call](grpc::Status status) {
+                             HandOffReceived(&call);
                              call.owner->OnAnswer(call, std::move(status));
                            });
     }
@@ -800,9 +803,11 @@ class OverloadRound {
     pending->request.set_lease_id(lease);
     SetDeadline(pending->context, absl::Seconds(30));
     const size_t index = static_cast<size_t>(&call - calls_.data());
+    HandOff(pending);
     stubs_[index % stubs_.size()]->async()->Release(
         &pending->context, &pending->request, &pending->response,
         [this, pending](grpc::Status status) {
+          HandOffReceived(pending);
           absl::MutexLock lock(&mu_);
           if (!status.ok()) ++figures_.other_errors;
           --releasing_;

@@ -49,8 +49,10 @@ class KvgatedProcess {
     std::string address;
     // Longest wait for SERVING.
     absl::Duration start_timeout = absl::Seconds(10);
-    // Longest wait after SIGTERM before SIGKILL, on destruction.
-    absl::Duration stop_timeout = absl::Seconds(5);
+    // Longest wait after SIGTERM before SIGKILL, on destruction. kvgated's
+    // own drain is bounded (5 s for the servers' Shutdown, 5 s for the last
+    // callbacks), so a longer wait means it hangs.
+    absl::Duration stop_timeout = absl::Seconds(15);
   };
 
   // What a finished process left behind.
