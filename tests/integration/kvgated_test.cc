@@ -32,6 +32,7 @@
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "plugin/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {
@@ -109,9 +110,12 @@ class PendingAdmit {
                absl::Duration timeout = kRpcTimeout)
       : request_(std::move(request)), done_(promise_.get_future().share()) {
     SetDeadline(context_, timeout);
-    stub->async()->Admit(
-        &context_, &request_, &response_,
-        [this](grpc::Status status) { promise_.set_value(std::move(status)); });
+    HandOff(this);  // the callback runs on a gRPC thread
+    stub->async()->Admit(&context_, &request_, &response_,
+                         [this](grpc::Status status) {
+                           HandOffReceived(this);
+                           promise_.set_value(std::move(status));
+                         });
   }
   ~PendingAdmit() {
     context_.TryCancel();

@@ -27,6 +27,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
+#include "plugin/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {
@@ -156,9 +157,12 @@ class PendingAdmit {
       : request_(std::move(request)), done_(promise_.get_future().share()) {
     SetDeadline(context_, absl::Seconds(20));
     context_.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-    stub->async()->Admit(
-        &context_, &request_, &response_,
-        [this](grpc::Status status) { promise_.set_value(std::move(status)); });
+    HandOff(this);  // the callback runs on a gRPC thread
+    stub->async()->Admit(&context_, &request_, &response_,
+                         [this](grpc::Status status) {
+                           HandOffReceived(this);
+                           promise_.set_value(std::move(status));
+                         });
   }
   ~PendingAdmit() {
     context_.TryCancel();
