@@ -52,6 +52,18 @@ stop_server() {
 trap 'stop_server; rm -rf "$work"' EXIT
 
 failed=0
+# Pinning: kvgated on CPU 0 and the load generator on CPU 1 (taskset), so
+# that the two processes do not take turns on the same core: unpinned, the
+# scheduler's placement moved the throughput ratio between 0.77 and 1.02
+# from run to run on this 2-core VM (bench/RESULTS.md). Both workloads of a
+# comparison run under the same pinning. KVGATE_CHECK_PIN=0 turns it off.
+server_cpu=""
+client_cpu=""
+if [[ ${KVGATE_CHECK_PIN:-1} != 0 ]] && command -v taskset >/dev/null &&
+   (( $(nproc) >= 2 )); then
+  server_cpu="taskset -c 0"
+  client_cpu="taskset -c 1"
+fi
 # check NAME VALUE OP LIMIT: prints PASS/FAIL; OP is <, <=, >= or >.
 check() {
   if awk -v v="$2" -v l="$4" "BEGIN { exit !(v $3 l) }"; then
@@ -66,7 +78,7 @@ check() {
 # server_pid and server_port (TCP).
 start_server() {
   local log=$work/kvgated.log
-  "$kvgated" --config="$1" >"$log" 2>&1 &
+  $server_cpu "$kvgated" --config="$1" >"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 100); do
     if grep -q '"msg":"listening"' "$log"; then
@@ -81,6 +93,7 @@ start_server() {
 }
 
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(uptime | sed 's/.*load average/load average/')"
+echo "== pinning: kvgated ${server_cpu:-unpinned}, loadgen ${client_cpu:-unpinned}"
 echo "== date: $(date -u +%Y-%m-%dT%H:%M:%SZ); revision $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
 
 # ------------------------------------------------------------ controller ---
@@ -142,7 +155,7 @@ EOF
   [[ $transport == tcp ]] && address="127.0.0.1:$server_port"
   for c in 8 64; do
     out=$work/compare-$transport-$c.json
-    "$loadgen" --address="$address" --compare --concurrency="$c" --channels=4 \
+    $client_cpu "$loadgen" --address="$address" --compare --concurrency="$c" --channels=4 \
       --duration="$duration" --rounds=20 --server_pid="$server_pid" >"$out"
     echo "== $transport, concurrency $c: $(jq -c '{
       admit_release_per_s: .admit_release.operations_per_second,
