@@ -14,16 +14,9 @@
 #ifndef KVGATE_PLUGIN_HANDOFF_H_
 #define KVGATE_PLUGIN_HANDOFF_H_
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KVGATE_TSAN_HANDOFF 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__) && !defined(KVGATE_TSAN_HANDOFF)
-#define KVGATE_TSAN_HANDOFF 1
-#endif
+#include "absl/base/config.h"
 
-#ifdef KVGATE_TSAN_HANDOFF
+#ifdef ABSL_HAVE_THREAD_SANITIZER
 extern "C" void __tsan_acquire(void* addr);
 extern "C" void __tsan_release(void* addr);
 #endif
@@ -33,7 +26,7 @@ namespace kvgate {
 // What this thread did so far happens before what follows a later
 // HandOffReceived(obj) on any thread.
 inline void HandOff(const void* obj) {
-#ifdef KVGATE_TSAN_HANDOFF
+#ifdef ABSL_HAVE_THREAD_SANITIZER
   __tsan_release(const_cast<void*>(obj));
 #else
   (void)obj;
@@ -42,7 +35,7 @@ inline void HandOff(const void* obj) {
 
 // See HandOff.
 inline void HandOffReceived(const void* obj) {
-#ifdef KVGATE_TSAN_HANDOFF
+#ifdef ABSL_HAVE_THREAD_SANITIZER
   __tsan_acquire(const_cast<void*>(obj));
 #else
   (void)obj;
