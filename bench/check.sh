@@ -5,7 +5,7 @@
 # figures of a reference run.
 #
 # Usage: bench/check.sh [build_dir]        (default: build/release)
-#   needs build_dir/plugin/kvgated, build_dir/bench/kvgate-loadgen,
+#   needs build_dir/plugin/server/kvgated, build_dir/bench/kvgate-loadgen,
 #   build_dir/bench/controller_bench and build_dir/bench/estimator_bench.
 # Environment: KVGATE_CHECK_DURATION (default 10s) is the length of each
 #   side-by-side comparison (both modes together, in alternating phases).
@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/release}
 duration=${KVGATE_CHECK_DURATION:-10s}
-kvgated=$build/plugin/kvgated
+kvgated=$build/plugin/server/kvgated
 loadgen=$build/bench/kvgate-loadgen
 for b in "$kvgated" "$loadgen" "$build/bench/controller_bench" \
          "$build/bench/estimator_bench"; do

@@ -15,8 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "benchmark/benchmark.h"
-#include "plugin/clock.h"
-#include "plugin/controller.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/controller.h"
 
 namespace kvgate {
 namespace {

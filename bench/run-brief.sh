@@ -21,7 +21,7 @@ if [[ $found -eq 0 ]]; then
   exit 1
 fi
 
-kvgated=$build/plugin/kvgated
+kvgated=$build/plugin/server/kvgated
 loadgen=$build/bench/kvgate-loadgen
 work=$(mktemp -d /tmp/kvgate-brief.XXXXXX)
 server_pid=""

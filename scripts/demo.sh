@@ -12,7 +12,7 @@ cmake --build --preset release -j "$(nproc)"
 
 bin=build/release
 sock=$(mktemp -u /tmp/kvgate-demo.XXXXXX.sock)
-"$bin/plugin/kvgated" --grpc_address="unix:$sock" --metrics_address=127.0.0.1:0 &
+"$bin/plugin/server/kvgated" --grpc_address="unix:$sock" --metrics_address=127.0.0.1:0 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [[ -S "$sock" ]] && break; sleep 0.05; done

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "estimator/rules_of_thumb.h"
+#include "estimator/planning/rules_of_thumb.h"
 #include "estimator/serving.h"
 #include "tools/cli_flags.h"
 #include "tools/cli_output.h"

@@ -13,7 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "envoy/service/ext_proc/v3/external_processor.pb.h"
-#include "plugin/controller.h"
+#include "plugin/admission/controller.h"
 
 namespace kvgate {
 

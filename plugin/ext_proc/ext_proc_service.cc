@@ -13,9 +13,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "plugin/base/handoff.h"
 #include "plugin/ext_proc/ext_proc_responses.h"
 #include "plugin/ext_proc/openai_request.h"
-#include "plugin/handoff.h"
 
 namespace kvgate {
 namespace {

@@ -37,10 +37,10 @@
 #include "absl/time/time.h"
 #include "envoy/service/ext_proc/v3/external_processor.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "plugin/call_tracker.h"
-#include "plugin/clock.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/model_pool.h"
+#include "plugin/base/call_tracker.h"
 #include "plugin/ext_proc/ext_proc_options.h"
-#include "plugin/model_pool.h"
 
 namespace kvgate {
 

@@ -2,7 +2,7 @@
 // naming the seed it reproduces. GB here is decimal, as the seeds use it.
 #include <cstdint>
 
-#include "estimator/rules_of_thumb.h"
+#include "estimator/planning/rules_of_thumb.h"
 #include "gtest/gtest.h"
 
 namespace kvgate {

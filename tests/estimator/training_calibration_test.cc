@@ -13,7 +13,7 @@
 
 #include "absl/strings/str_split.h"
 #include "estimator/model_spec.h"
-#include "estimator/training.h"
+#include "estimator/planning/training.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 

@@ -1,5 +1,5 @@
 // EstimateTraining's accounting rules, one behaviour per test.
-#include "estimator/training.h"
+#include "estimator/planning/training.h"
 
 #include "estimator/model_spec.h"
 #include "estimator/parameters.h"

@@ -21,9 +21,10 @@
 #include "estimator/model_spec.h"
 #include "estimator/serving.h"
 #include "kvgate/v1/admission.pb.h"
-#include "plugin/admit_request.h"
-#include "plugin/clock.h"
-#include "plugin/controller.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/controller.h"
+#include "plugin/server/admit_request.h"
+#include "tests/testing/fake_clock.h"
 
 namespace kvgate {
 namespace {

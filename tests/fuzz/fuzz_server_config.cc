@@ -16,7 +16,7 @@
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
 #include "kvgate/v1/config.pb.h"
-#include "plugin/config.h"
+#include "plugin/server/config.h"
 
 namespace {
 

@@ -32,7 +32,7 @@
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "plugin/handoff.h"
+#include "plugin/base/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {

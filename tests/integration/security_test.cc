@@ -27,7 +27,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
-#include "plugin/handoff.h"
+#include "plugin/base/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {

@@ -8,9 +8,10 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/clock.h"
-#include "plugin/controller.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/controller.h"
 #include "prometheus/text_serializer.h"
+#include "tests/testing/fake_clock.h"
 
 namespace kvgate {
 namespace {

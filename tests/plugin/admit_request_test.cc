@@ -1,7 +1,7 @@
 // Tests of TicketFromRequest: the checks and sizing an Admit request goes
 // through before the controller sees it (the same function the service and
 // tests/fuzz/fuzz_admit.cc call).
-#include "plugin/admit_request.h"
+#include "plugin/server/admit_request.h"
 
 #include <string>
 

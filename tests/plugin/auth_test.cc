@@ -1,6 +1,6 @@
 // Authenticator: bearer tokens (kept as SHA-256 digests), client certificate
 // names, and the rules that pick a caller's identity.
-#include "plugin/auth.h"
+#include "plugin/security/auth.h"
 
 #include <map>
 #include <memory>

@@ -1,6 +1,6 @@
 // Tests of kvgated's configuration: reading text-format and JSON files,
 // defaults, validation messages that name the field, and pool capacity.
-#include "plugin/config.h"
+#include "plugin/server/config.h"
 
 #include <cmath>
 #include <cstdio>

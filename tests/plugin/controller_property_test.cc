@@ -17,8 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
-#include "plugin/clock.h"
-#include "plugin/controller.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/controller.h"
+#include "tests/testing/fake_clock.h"
 
 namespace kvgate {
 namespace {

@@ -1,4 +1,4 @@
-#include "plugin/controller.h"
+#include "plugin/admission/controller.h"
 
 #include <map>
 #include <memory>
@@ -9,7 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/clock.h"
+#include "plugin/admission/clock.h"
+#include "tests/testing/fake_clock.h"
 
 namespace kvgate {
 namespace {

@@ -1,7 +1,7 @@
 // LeaseJournal: replay after an abrupt end, expiry, torn and corrupt tails,
 // compaction, the directory lock, and Controller::RestoreLease with the
 // LeaseObserver hook that feeds the journal.
-#include "plugin/lease_journal.h"
+#include "plugin/journal/lease_journal.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,8 +17,9 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/clock.h"
-#include "plugin/controller.h"
+#include "plugin/admission/clock.h"
+#include "plugin/admission/controller.h"
+#include "tests/testing/fake_clock.h"
 
 namespace kvgate {
 namespace {

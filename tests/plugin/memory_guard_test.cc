@@ -1,4 +1,4 @@
-#include "plugin/memory_guard.h"
+#include "plugin/memory/memory_guard.h"
 
 #include <memory>
 #include <string>
@@ -8,9 +8,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
-#include "plugin/memory_source.h"
-#include "plugin/nvml_memory_source.h"
-#include "plugin/static_memory_source.h"
+#include "plugin/memory/memory_source.h"
+#include "plugin/memory/nvml_memory_source.h"
+#include "plugin/memory/static_memory_source.h"
 #include "tests/plugin/fake_nvml_script.h"
 
 namespace kvgate {

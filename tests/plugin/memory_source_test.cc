@@ -1,4 +1,4 @@
-#include "plugin/memory_source.h"
+#include "plugin/memory/memory_source.h"
 
 #include <dlfcn.h>
 
@@ -10,8 +10,8 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "plugin/nvml_memory_source.h"
-#include "plugin/static_memory_source.h"
+#include "plugin/memory/nvml_memory_source.h"
+#include "plugin/memory/static_memory_source.h"
 #include "tests/plugin/fake_nvml_script.h"
 
 namespace kvgate {

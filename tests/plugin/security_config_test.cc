@@ -9,8 +9,8 @@
 #include "gmock/gmock.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
-#include "plugin/auth.h"
-#include "plugin/config.h"
+#include "plugin/security/auth.h"
+#include "plugin/server/config.h"
 
 namespace kvgate {
 namespace {

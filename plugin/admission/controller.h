@@ -1,0 +1,404 @@
+// Controller: kvgate's admission decision — a byte ledger of leases and a
+// bounded priority queue in front of it.
+//
+// The controller knows nothing of protobuf, gRPC or the estimator: callers
+// translate a request into an `AdmitTicket` (bytes of KV cache and of
+// activation peak) and get an `AdmitOutcome` back through a callback.
+//
+// Ledger. Every admitted request holds a lease until it is released or its TTL
+// passes. The reserved bytes are
+//   sum(kv of live leases) + max(activation of live leases)
+// (or + sum(activation) with Options::activation_sum), because one engine step
+// runs at a time and only the largest activation peak is live at once. A
+// request fits when the reserved bytes after adding it are <= capacity. The
+// check and the reservation happen under one lock, so two requests can never
+// both take the last free bytes.
+//
+// Queue. A request that does not fit at once waits, bounded by count and bytes.
+// Order: priority (CRITICAL > STANDARD > SHEDDABLE); within a priority, the
+// tenant with the lowest bytes served / weight goes first (a tenant that
+// becomes active starts at the current minimum, so a newcomer cannot
+// monopolise); FIFO within a tenant. When the head of the queue does not fit,
+// up to Options::backfill_limit strictly smaller requests that fit may pass it
+// (found by a scan of at most Options::backfill_scan_limit entries, so the
+// cost of a dispatch does not grow with the queue length); after that the head
+// blocks until it fits, so it is never starved. A higher-priority arrival on a
+// full queue sheds the newest SHEDDABLE entries to take their place.
+//
+// Answers. Every ticket accepted by Admit (status OK) is answered exactly once
+// through its callback: ADMITTED, or rejected with a RejectReason and a
+// computed retry_after. Callbacks and listener hooks are collected under the
+// lock and run after it is released, on the thread of whichever call produced
+// them (Admit, Cancel, Release, Tick, SetMemoryPressure, Drain). They may call
+// back into the controller.
+//
+// Time comes from the injected Clock; nothing runs in the background: the
+// owner calls Tick() at the time it returns (or periodically) to expire leases
+// and time out queued requests.
+
+#ifndef KVGATE_PLUGIN_ADMISSION_CONTROLLER_H_
+#define KVGATE_PLUGIN_ADMISSION_CONTROLLER_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "plugin/admission/clock.h"
+
+namespace kvgate {
+
+enum class Priority { kCritical = 0, kStandard = 1, kSheddable = 2 };
+inline constexpr int kNumPriorities = 3;
+
+// "CRITICAL", "STANDARD", "SHEDDABLE"; "" for a value outside the enum.
+absl::string_view PriorityName(Priority priority);
+
+enum class RejectReason {
+  kNone,
+  kQueueTimeout,
+  kQueueFull,
+  kNeverFits,
+  kMemoryPressure,
+  kShed,
+  kDraining,
+  kCancelled
+};
+
+// "", "QUEUE_TIMEOUT", "QUEUE_FULL", "NEVER_FITS", "MEMORY_PRESSURE", "SHED",
+// "DRAINING", "CANCELLED" (the machine-readable `reason` of the wire API).
+absl::string_view RejectReasonName(RejectReason reason);
+
+// What a request needs, in bytes.
+struct AdmitCost {
+  uint64_t kv_bytes = 0;          // held for the lease's whole life
+  uint64_t activation_bytes = 0;  // transient peak of a forward pass
+};
+
+struct AdmitTicket {
+  std::string request_id;  // non-empty; a retry with the same id is idempotent
+  std::string tenant;      // "" = "default"
+  Priority priority = Priority::kStandard;
+  AdmitCost cost;
+  // Latest time to be answered; the controller also caps the wait in the
+  // queue at Options::max_queue_wait.
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct AdmitOutcome {
+  bool admitted = false;
+  std::string lease_id;
+  RejectReason reason = RejectReason::kNone;
+  uint64_t reserved_bytes = 0;  // kv + this lease's activation bytes
+  // When rejected: a computed estimate of when retrying may succeed, in
+  // [50ms, 60s]; zero for NEVER_FITS and CANCELLED (retrying does not help).
+  absl::Duration retry_after;
+  absl::Duration queued_for;  // time spent in the queue (zero if never queued)
+  std::string message;        // human detail
+};
+
+using AdmitCallback = absl::AnyInvocable<void(AdmitOutcome) &&>;
+
+// Optional hooks (for metrics). Called outside the controller lock, on the
+// thread that produced the event. Default no-ops.
+class ControllerListener {
+ public:
+  virtual ~ControllerListener() = default;
+  // Every final answer, exactly once per ticket accepted by Admit, just
+  // before its callback runs.
+  virtual void OnDecision(Priority /*priority*/,
+                          const AdmitOutcome& /*outcome*/) {}
+  // A lease reached its TTL in Tick; `bytes` is its reserved_bytes.
+  virtual void OnLeaseExpired(uint64_t /*bytes*/) {}
+};
+
+// A lease as a LeaseObserver sees it granted, and as RestoreLease takes it
+// back after a restart.
+struct LeaseRecord {
+  std::string lease_id;
+  std::string request_id;
+  AdmitCost cost;
+  absl::Time expires_at;  // on the controller's clock
+};
+
+// How a lease left the ledger.
+enum class LeaseEnd { kReleased, kExpired };
+
+// Optional hook on the ledger, for a durable record of live leases (the lease
+// journal, plugin/lease_journal.h). Unlike ControllerListener, OnGranted,
+// OnRenewed and OnEnded run UNDER the controller's lock, in the order the
+// ledger changed, so that a lease's end is never recorded before its grant
+// nor a renewal after its end. They must be quick (a buffered append, no
+// fsync) and must not call into the controller. Commit runs after the lock is
+// released, on the thread of the call that changed the ledger, before that
+// call's answers go out: where records are made durable.
+class LeaseObserver {
+ public:
+  virtual ~LeaseObserver() = default;
+  virtual void OnGranted(const LeaseRecord& lease) = 0;
+  virtual void OnRenewed(absl::string_view lease_id, absl::Time expires_at) = 0;
+  virtual void OnEnded(absl::string_view lease_id, LeaseEnd end) = 0;
+  virtual void Commit() {}
+};
+
+struct BudgetSnapshot {
+  uint64_t capacity_bytes = 0;
+  uint64_t reserved_bytes = 0;  // kv_reserved_bytes + activation_reserve_bytes
+  uint64_t kv_reserved_bytes = 0;
+  uint64_t activation_reserve_bytes = 0;  // max (or sum) of live activations
+  uint64_t free_bytes = 0;                // capacity_bytes - reserved_bytes
+  uint32_t active_leases = 0;
+  uint32_t queued_requests = 0;
+  std::array<uint32_t, kNumPriorities> queued_by_priority{};
+  uint64_t queued_bytes = 0;
+  bool memory_pressure = false;
+  bool draining = false;
+};
+
+class Controller {
+ public:
+  struct Options {
+    // Budget for KV + activations (must be > 0).
+    uint64_t capacity_bytes = 0;
+    // Reserve the sum of activation peaks instead of the max among live
+    // leases (for engines that run several forward passes at once).
+    bool activation_sum = false;
+    // Queue bounds; a request beyond them is rejected QUEUE_FULL (or sheds
+    // SHEDDABLE entries when it has a higher priority). 0 requests = no queue.
+    size_t max_queue_requests = 1024;
+    uint64_t max_queue_bytes = 0;  // 0 = capacity_bytes
+    // Longest wait in the queue; the ticket's own deadline may be earlier.
+    absl::Duration max_queue_wait = absl::Seconds(30);
+    // A lease not released nor renewed within this time is reclaimed by Tick.
+    absl::Duration lease_ttl = absl::Minutes(10);
+    // How many smaller requests may pass a queue head that does not fit.
+    size_t backfill_limit = 8;
+    // How many queued entries one backfill search examines at most (> 0).
+    size_t backfill_scan_limit = 64;
+    // Time constant of the exponentially weighted release rate (bytes/s)
+    // behind retry_after (> 0).
+    absl::Duration release_rate_window = absl::Seconds(10);
+    // Assumed mean lease hold time until one has been observed: retry_after
+    // then assumes the whole capacity turns over once per this time. 5 s is
+    // our assumption for a chat completion of a few hundred tokens at tens of
+    // tokens per second; it only matters before the first release (> 0).
+    absl::Duration assumed_lease_hold = absl::Seconds(5);
+    // Fairness weights per tenant; a tenant not listed weighs 1.0. Each > 0.
+    absl::flat_hash_map<std::string, double> tenant_weights;
+    ControllerListener* listener = nullptr;   // not owned; may be null
+    LeaseObserver* lease_observer = nullptr;  // not owned; may be null
+  };
+
+  // Bounds of every computed retry_after.
+  static constexpr absl::Duration kMinRetryAfter = absl::Milliseconds(50);
+  static constexpr absl::Duration kMaxRetryAfter = absl::Seconds(60);
+
+  // Fails with InvalidArgument when an option is out of range or `clock` is
+  // null. `clock` (and Options::listener) must outlive the controller.
+  static absl::StatusOr<std::unique_ptr<Controller>> Create(
+      const Options& options, Clock* clock);
+
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+  // Answers whatever is still queued DRAINING (on the destroying thread).
+  ~Controller();
+
+  // Validates the ticket, then decides at once or queues it.
+  // Errors (the callback is then never run): InvalidArgument for an empty
+  // request_id, a zero cost, a cost whose sum overflows uint64, a priority
+  // outside the enum or a null callback; AlreadyExists while a request with
+  // the same request_id is queued.
+  // On OK, `done` runs exactly once: possibly before Admit returns (on the
+  // caller's thread), or later on the thread of a call that frees bytes or
+  // ends the wait. A retry with the request_id of a live lease is answered
+  // ADMITTED with that same lease (nothing reserved twice), even while
+  // draining or under memory pressure; once that lease's TTL has passed the
+  // retry is a new request.
+  // Decisions, in order: NEVER_FITS when kv + activation exceeds the capacity
+  // or max_queue_bytes (it could never wait in the queue); DRAINING;
+  // MEMORY_PRESSURE; ADMITTED when it fits and no queued request of its
+  // priority or above would be overtaken (or as a backfill, see above);
+  // QUEUE_TIMEOUT when its deadline has already passed; QUEUE_FULL (after
+  // shedding SHEDDABLE entries if that makes room); otherwise queued.
+  // Returns a handle for Cancel, or 0 when the ticket is already answered.
+  absl::StatusOr<uint64_t> Admit(AdmitTicket ticket, AdmitCallback done);
+
+  // Puts back a lease granted by an earlier kvgated (replayed from the lease
+  // journal after a restart), before serving: its bytes are reserved without
+  // queue or capacity checks (the engine still holds that memory, so the
+  // ledger may end up above a capacity that has since shrunk, and then admits
+  // nothing until enough is released), under its old lease_id, so that the
+  // engine's Release and Renew of it still work, and under its request_id,
+  // so that a retry gets it back. It expires at lease.expires_at. The
+  // observer is not told (the journal has it already).
+  // InvalidArgument for an empty lease_id or request_id or a zero or
+  // overflowing cost; AlreadyExists for a lease_id or request_id already
+  // live.
+  absl::Status RestoreLease(const LeaseRecord& lease);
+
+  // A queued request leaves the queue and is answered CANCELLED. No-op for a
+  // handle that is unknown or already answered.
+  void Cancel(uint64_t handle);
+
+  // Frees a lease (even one past its TTL that Tick has not reclaimed yet).
+  // Returns the lease's reserved_bytes; OK(0) if it was already released or
+  // expired; NotFound for an id this controller never issued nor restored.
+  absl::StatusOr<uint64_t> Release(absl::string_view lease_id);
+
+  // Extends a live lease to now + lease_ttl and returns that remaining TTL.
+  // NotFound if the lease is unknown, released, or past its TTL.
+  absl::StatusOr<absl::Duration> Renew(absl::string_view lease_id);
+
+  // Expires leases past their TTL and answers queued requests past their
+  // deadline (QUEUE_TIMEOUT), then dispatches the queue. Returns the next time
+  // at which Tick has work (InfiniteFuture if none).
+  absl::Time Tick();
+
+  // The live memory guard. While true, new admits are rejected
+  // MEMORY_PRESSURE and the queue does not dispatch (queued requests keep
+  // waiting until their deadline). Turning it off dispatches the queue.
+  void SetMemoryPressure(bool under_pressure);
+
+  // Answers every queued request DRAINING; from now on new admits are
+  // rejected DRAINING. Leases stay valid until released or expired.
+  // Irreversible.
+  void Drain();
+
+  BudgetSnapshot Snapshot() const;
+
+  // The retry_after that a request of `priority` needing `bytes` would be
+  // told now if it were rejected while nothing of its own is queued.
+  absl::Duration EstimateRetryAfter(Priority priority, uint64_t bytes) const;
+
+  // Recomputes the ledger and the queue counters from the leases and entries
+  // held and compares them with the running totals. For tests; O(n).
+  absl::Status CheckInvariants() const;
+
+ private:
+  struct Lease;
+  struct QueuedRequest;
+  struct TenantQueue;
+  struct PriorityLevel;
+  struct Completions;
+
+  Controller(const Options& options, Clock* clock, uint64_t lease_prefix);
+
+  // Ledger.
+  bool FitsLocked(const AdmitCost& cost) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint64_t ActivationReserveLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  uint64_t ReservedLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  AdmitOutcome GrantLocked(const AdmitTicket& ticket, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t FreeLeaseLocked(uint64_t seq, absl::Time now, LeaseEnd end)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t FreeBytesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void ExpireLeasesLocked(absl::Time now, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string LeaseIdFor(uint64_t seq) const;
+  // LeaseIdFor(seq), or the old id of a restored lease.
+  std::string LeaseIdLocked(uint64_t seq, const Lease& lease) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Parses a lease id; NotFound unless this controller issued it.
+  absl::StatusOr<uint64_t> ParseLeaseId(absl::string_view lease_id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  // Queue.
+  QueuedRequest* HeadLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  QueuedRequest* FindBackfillLocked(const QueuedRequest& head) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void EnqueueLocked(std::unique_ptr<QueuedRequest> request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::unique_ptr<QueuedRequest> UnlinkLocked(QueuedRequest* request)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AnswerQueuedLocked(QueuedRequest* request, AdmitOutcome outcome,
+                          absl::Time now, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RejectQueuedLocked(QueuedRequest* request, RejectReason reason,
+                          absl::string_view message, absl::Time now,
+                          Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool MakeRoomLocked(Priority priority, uint64_t bytes, absl::Time now,
+                      Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TimeOutQueuedLocked(absl::Time now, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DispatchLocked(absl::Time now, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  double TenantWeight(const std::string& tenant) const;
+
+  // retry_after.
+  void ObserveReleaseLocked(uint64_t freed_bytes, absl::Duration held,
+                            absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration RetryAfterLocked(Priority priority, uint64_t own_bytes,
+                                  uint64_t own_queued_bytes,
+                                  absl::Time now) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  AdmitOutcome RejectionLocked(RejectReason reason, Priority priority,
+                               uint64_t bytes, uint64_t own_queued_bytes,
+                               std::string message, absl::Time now) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  void Run(Completions& completions);
+
+  const Options options_;
+  Clock* const clock_;
+  const uint64_t lease_prefix_;  // random per controller, part of lease ids
+  // lease_prefix_ as 16 hex digits, formatted once: lease ids are made and
+  // parsed on every Admit and Release.
+  const std::string lease_prefix_text_;
+  const absl::Time created_at_;
+
+  mutable absl::Mutex mu_;
+
+  // Ledger.
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> lease_by_request_
+      ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<absl::Time, uint64_t>> lease_expiries_
+      ABSL_GUARDED_BY(mu_);
+  std::multiset<uint64_t> activations_ ABSL_GUARDED_BY(mu_);
+  uint64_t kv_reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t activation_sum_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_lease_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // Lease ids of restored leases (issued by an earlier kvgated, under another
+  // prefix) -> their seq here. Kept after release, so that a second Release
+  // of one is OK(0) rather than NotFound; bounded by what was restored.
+  absl::flat_hash_map<std::string, uint64_t> restored_ids_ ABSL_GUARDED_BY(mu_);
+
+  // Queue.
+  std::array<std::unique_ptr<PriorityLevel>, kNumPriorities> levels_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<QueuedRequest>> queued_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> queued_by_request_
+      ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<absl::Time, uint64_t>> deadlines_ ABSL_GUARDED_BY(mu_);
+  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_tenant_seq_ ABSL_GUARDED_BY(mu_) = 0;
+
+  bool memory_pressure_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Release-rate estimate: exponentially decayed sum of freed bytes, divided
+  // by the window, as of release_rate_at_.
+  double release_rate_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time release_rate_at_ ABSL_GUARDED_BY(mu_);
+  bool release_seen_ ABSL_GUARDED_BY(mu_) = false;
+  // EWMA of how long leases were held (assumed_lease_hold until observed).
+  absl::Duration mean_hold_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kvgate
+
+#endif  // KVGATE_PLUGIN_ADMISSION_CONTROLLER_H_

@@ -1,0 +1,25 @@
+#include "plugin/admission/model_pool.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvgate {
+
+absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
+                                      uint64_t device_bytes) {
+  const uint64_t usable = static_cast<uint64_t>(std::floor(
+      static_cast<double>(device_bytes) * pool.gpu_memory_utilization));
+  const uint64_t fixed =
+      pool.model.weights_bytes() + pool.runtime_overhead_bytes;
+  if (fixed >= usable) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model '", pool.name, "' does not fit: weights ",
+        pool.model.weights_bytes(), " B + overhead ",
+        pool.runtime_overhead_bytes, " B >= ", usable, " B usable (",
+        device_bytes, " B x ", pool.gpu_memory_utilization, ")"));
+  }
+  return usable - fixed;
+}
+
+}  // namespace kvgate

@@ -1,0 +1,89 @@
+// ModelPool: one served model — its estimator, its admission controller and
+// the live state of the GPUs it runs on. ModelRegistry: the pools by name.
+#ifndef KVGATE_PLUGIN_ADMISSION_MODEL_POOL_H_
+#define KVGATE_PLUGIN_ADMISSION_MODEL_POOL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "estimator/serving.h"
+#include "plugin/admission/controller.h"
+
+namespace kvgate {
+
+// One model pool, resolved: the estimator's model and the pool's budget
+// parameters.
+struct ModelPoolSettings {
+  std::string name;
+  ServingModel model;
+  // GPUs for the nvml source, by index or UUID.
+  std::vector<std::string> gpus;
+  double gpu_memory_utilization = 0.9;
+  uint64_t runtime_overhead_bytes = 0;
+  bool activation_sum = false;
+};
+
+// The bytes a pool may reserve on a device of `device_bytes`:
+// device_bytes * utilization - weights - runtime overhead.
+// FailedPrecondition when the weights alone do not fit.
+absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
+                                      uint64_t device_bytes);
+
+class ModelPool {
+ public:
+  ModelPool(ModelPoolSettings settings, uint64_t capacity_bytes,
+            std::unique_ptr<Controller> controller)
+      : settings_(std::move(settings)),
+        capacity_bytes_(capacity_bytes),
+        controller_(std::move(controller)) {}
+
+  const std::string& name() const { return settings_.name; }
+  const ModelPoolSettings& settings() const { return settings_; }
+  const ServingModel& model() const { return settings_.model; }
+  Controller& controller() const { return *controller_; }
+  uint64_t capacity_bytes() const { return capacity_bytes_; }
+
+  // Free memory of the tightest GPU of this pool as last polled (for a
+  // static source: the simulated device minus the ledger).
+  uint64_t device_free_bytes() const {
+    return device_free_bytes_.load(std::memory_order_relaxed);
+  }
+  void set_device_free_bytes(uint64_t bytes) {
+    device_free_bytes_.store(bytes, std::memory_order_relaxed);
+  }
+
+ private:
+  ModelPoolSettings settings_;
+  uint64_t capacity_bytes_;
+  std::unique_ptr<Controller> controller_;
+  std::atomic<uint64_t> device_free_bytes_{0};
+};
+
+class ModelRegistry {
+ public:
+  void Add(std::unique_ptr<ModelPool> pool) {
+    pools_.push_back(std::move(pool));
+  }
+  // nullptr when no pool has that name.
+  ModelPool* Find(absl::string_view name) const {
+    for (const auto& pool : pools_) {
+      if (pool->name() == name) return pool.get();
+    }
+    return nullptr;
+  }
+  const std::vector<std::unique_ptr<ModelPool>>& pools() const {
+    return pools_;
+  }
+
+ private:
+  std::vector<std::unique_ptr<ModelPool>> pools_;
+};
+
+}  // namespace kvgate
+
+#endif  // KVGATE_PLUGIN_ADMISSION_MODEL_POOL_H_
