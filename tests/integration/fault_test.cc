@@ -508,7 +508,7 @@ TEST_F(FaultTest, NeverReleasedLeaseIsReclaimedByTtlAndCounted) {
 }
 
 // ---------------------------------------------------------------------------
-// NVML faults, against the fake libnvidia-ml (tests/plugin/fake_nvml.cc).
+// NVML faults, against the fake libnvidia-ml (tests/plugin/memory/fake_nvml.cc).
 
 constexpr char kGpu[] = "GPU-11111111-2222-3333-4444-555555555555";
 

@@ -12,7 +12,7 @@
 #include "gtest/gtest.h"
 #include "plugin/memory/nvml_memory_source.h"
 #include "plugin/memory/static_memory_source.h"
-#include "tests/plugin/fake_nvml_script.h"
+#include "tests/plugin/memory/fake_nvml_script.h"
 
 namespace kvgate {
 namespace {
