@@ -87,7 +87,8 @@ constexpr GpuSpec kGpus[] = {
      true, 312},
     {"A100-80GB", kA100_80, GpuVendor::kNvidia, MiB(81920), PublishedGiB(7925),
      true, 312},
-    // Measured (design.md): NVML v1 total 85,520,809,984, CUDA total
+    // Measured (docs/design.md, "Memory model"): NVML v1 total 85,520,809,984,
+    // CUDA total
     // 85,017,493,504. H100 SXM data sheet: bf16 1,979 with sparsity.
     {"H100-80GB", kH100, GpuVendor::kNvidia, 85520809984ull, 85017493504ull,
      true, 989.4},

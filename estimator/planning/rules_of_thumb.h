@@ -1,4 +1,4 @@
-// The seed articles' rules of thumb (../shared/seeds), reproduced as a quick
+// The seed articles' rules of thumb (docs/seeds.md), reproduced as a quick
 // mode so that `kvgate estimate|train --quick` can show them next to the
 // exact model and say how far apart they are. Gigabytes here are decimal
 // (1 GB = 1e9 bytes), as the seeds compute them.
@@ -11,33 +11,33 @@ namespace kvgate {
 namespace rules_of_thumb {
 
 // 1 parameter = 4 bytes in fp32: 1B parameters = 4 GB to store the model for
-// inference (seeds/002_0f5a32c490f83ebc.txt, 004_e317945013ded709.txt).
+// inference (seed 002, seed 004).
 uint64_t InferenceBytesFp32(uint64_t parameters);
 
 // Weights at `bits` per parameter: P * bits / 8
-// (seeds/003_85c12c423b96b107.txt: "Number of parameters * Precision").
+// (seed 003: "Number of parameters * Precision").
 uint64_t WeightBytes(uint64_t parameters, uint32_t bits);
 
 // Serving memory with 20 % overhead: M = P * 4B / (32 / Q) * 1.2, Q the bits
-// the model is loaded in (seeds/001_9724c6e0833e845f.txt, also
-// 000_cf3ae0560e47cdf5.txt). 70B at 16 bits: 168 GB.
+// the model is loaded in (seed 001, also
+// seed 000). 70B at 16 bits: 168 GB.
 uint64_t ServingBytesWithOverhead(uint64_t parameters, uint32_t bits);
 
 // Training at 32-bit full precision: weights 4 + gradients 4 + Adam 8 +
 // activations and temporaries ~8 = 24 bytes per parameter, "20 extra bytes
-// per parameter", 6x the weights (seeds/002_0f5a32c490f83ebc.txt appendix,
-// 004_e317945013ded709.txt). 1B parameters: 24 GB.
+// per parameter", 6x the weights (seed 002 appendix,
+// seed 004). 1B parameters: 24 GB.
 inline constexpr uint64_t kTrainingBytesPerParameter = 24;
 inline constexpr uint64_t kTrainingExtraBytesPerParameter = 20;
 uint64_t TrainingBytesFp32(uint64_t parameters);
 
 // GPUs of `gpu_bytes` each to hold `bytes`: ceil(bytes / gpu_bytes). The
-// seed's table uses V100s of 32 GB (seeds/002_0f5a32c490f83ebc.txt): GPT-3
+// seed's table uses V100s of 32 GB (seed 002): GPT-3
 // 175B needs 22 to serve and 132 to train.
 inline constexpr uint64_t kV100Bytes = 32'000'000'000;
 uint64_t GpusToHold(uint64_t bytes, uint64_t gpu_bytes);
 
-// Mixed-precision training of seeds/000_cf3ae0560e47cdf5.txt: weights and
+// Mixed-precision training of seed 000: weights and
 // gradients at 2 bytes, Adam's two fp32 states at 8 bytes, activations
 // "roughly similar to or slightly larger than" the parameters' memory,
 // taken as 1x to 2x the weights. 10B parameters: 140 to 160 GB.
@@ -53,20 +53,20 @@ struct MixedPrecisionTraining {
 MixedPrecisionTraining MixedPrecisionTrainingBytes(uint64_t parameters);
 
 // The same split across n GPUs by model parallelism: weights, gradients and
-// optimizer state divided by n, activations not (seeds/000: 10B on 2 GPUs,
+// optimizer state divided by n, activations not (seed 000: 10B on 2 GPUs,
 // 80 to 100 GB each).
 MixedPrecisionTraining MixedPrecisionTrainingBytesPerGpu(uint64_t parameters,
                                                          uint64_t gpus);
 
 // LoRA cuts GPT-3's trainable parameters ~10,000 times; each trainable
-// parameter then adds the 20 extra training bytes (seeds/002: 175B / 10,000
+// parameter then adds the 20 extra training bytes (seed 002: 175B / 10,000
 // = 17.5M trainable, x 20 B = 350 MB).
 inline constexpr uint64_t kLoraReductionGpt3 = 10'000;
 uint64_t LoraTrainableParameters(uint64_t parameters);
 uint64_t LoraExtraTrainingBytes(uint64_t parameters);
 
 // Pretraining compute: 1 petaflop/s-day = 8 V100s at full efficiency for a
-// day (seeds/002: GPT-3's 3,700 petaflop/s-days = 29,600 V100 GPU-days).
+// day (seed 002: GPT-3's 3,700 petaflop/s-days = 29,600 V100 GPU-days).
 inline constexpr uint64_t kV100sPerPetaflopS = 8;
 double V100GpuDays(double petaflop_s_days);
 

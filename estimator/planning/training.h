@@ -18,7 +18,8 @@
 // LoRA: the base is frozen in the precision's weight dtype (NF4 with QLoRA);
 // adapters are fp32 (peft upcasts them) with fp32 gradients and state.
 //
-// The peak is the larger of two moments (see design.md, "Peaks"):
+// The peak is the larger of two moments (docs/design.md, "Memory model",
+// Peaks):
 //  - forward/backward: weights + optimizer state (kept from the previous
 //    step) + every activation saved for backward + the loss's fp32 logits,
 //    at the start of the backward pass;

@@ -1,4 +1,4 @@
-// The seed articles' worked examples (../shared/seeds/*.txt), each test
+// The seed articles' worked examples (docs/seeds.md), each test
 // naming the seed it reproduces. GB here is decimal, as the seeds use it.
 #include <cstdint>
 
@@ -12,7 +12,7 @@ namespace {
 constexpr uint64_t kGB = 1'000'000'000;
 constexpr uint64_t kBillion = 1'000'000'000;
 
-// seeds/002_0f5a32c490f83ebc.txt and 004_e317945013ded709.txt:
+// seed 002 and seed 004:
 // "1B parameters = 4GB memory (to store the model weights for inference)",
 // "1B parameters = 24GB memory (to train the model)".
 TEST(SeedsTest, OneBillionParametersIs4GbInferenceAnd24GbTraining) {
@@ -24,7 +24,7 @@ TEST(SeedsTest, OneBillionParametersIs4GbInferenceAnd24GbTraining) {
   EXPECT_EQ(TrainingBytesFp32(kBillion) / InferenceBytesFp32(kBillion), 6u);
 }
 
-// seeds/001_9724c6e0833e845f.txt: M = P * 4B / (32 / Q) * 1.2; LLaMA 70B in
+// seed 001: M = P * 4B / (32 / Q) * 1.2; LLaMA 70B in
 // 16 bits needs ~168 GB, so one A100 80GB is not enough ("at least two").
 // Note: 2 x 80 GB = 160 GB < 168 GB, so rounding up gives three; the seed's
 // "at least two" is a lower bound, which three satisfies.
@@ -38,7 +38,7 @@ TEST(SeedsTest, Llama70bAt16BitsWithOverheadIs168Gb) {
   EXPECT_EQ(ServingBytesWithOverhead(kBillion, 32), 4 * kGB * 12 / 10);
 }
 
-// seeds/000_cf3ae0560e47cdf5.txt: a 10B model in mixed precision on one GPU:
+// seed 000: a 10B model in mixed precision on one GPU:
 // parameters 20 GB + activations 20-40 GB + gradients 20 GB + Adam 80 GB =
 // 140 to 160 GB.
 TEST(SeedsTest, TenBillionMixedPrecisionIs140To160Gb) {
@@ -52,7 +52,7 @@ TEST(SeedsTest, TenBillionMixedPrecisionIs140To160Gb) {
   EXPECT_EQ(m.total_high_bytes, 160 * kGB);
 }
 
-// seeds/000_cf3ae0560e47cdf5.txt: "If we want to train the LLM using 2 GPUs
+// seed 000: "If we want to train the LLM using 2 GPUs
 // we want approximately 80 to 100 GB of memory" (model states split,
 // activations not).
 TEST(SeedsTest, TenBillionOnTwoGpusIs80To100GbEach) {
@@ -62,7 +62,7 @@ TEST(SeedsTest, TenBillionOnTwoGpusIs80To100GbEach) {
   EXPECT_EQ(m.total_high_bytes, 100 * kGB);
 }
 
-// seeds/002_0f5a32c490f83ebc.txt: GPUs needed on NVIDIA V100 32 GB with
+// seed 002: GPUs needed on NVIDIA V100 32 GB with
 // 1B = 4 GB (inference) and 1B = 24 GB (training).
 TEST(SeedsTest, V100GpuCountTable) {
   struct Row {
@@ -88,7 +88,7 @@ TEST(SeedsTest, V100GpuCountTable) {
   }
 }
 
-// seeds/002_0f5a32c490f83ebc.txt: LoRA reduces GPT-3's trainable parameters
+// seed 002: LoRA reduces GPT-3's trainable parameters
 // ~10,000 times: 175,000,000,000 / 10,000 = 17,500,000, x 20 bytes = 350 MB,
 // so one more V100 instead of 110.
 TEST(SeedsTest, Gpt3LoraTrainableParametersAndExtraMemory) {
@@ -100,7 +100,7 @@ TEST(SeedsTest, Gpt3LoraTrainableParametersAndExtraMemory) {
             110u);
 }
 
-// seeds/002_0f5a32c490f83ebc.txt: 1 petaflop/s-day = 8 V100s for a day;
+// seed 002: 1 petaflop/s-day = 8 V100s for a day;
 // GPT-3 3,700 petaflop/s-days = 29,600 GPU-days = ~987 GPUs for 30 days;
 // T5 100 petaflop/s-days = 800 GPU-days.
 TEST(SeedsTest, PetaflopSDaysInV100GpuDays) {
@@ -109,7 +109,7 @@ TEST(SeedsTest, PetaflopSDaysInV100GpuDays) {
   EXPECT_DOUBLE_EQ(V100GpuDays(100), 800);
 }
 
-// seeds/003_85c12c423b96b107.txt: "Inference: Number of parameters *
+// seed 003: "Inference: Number of parameters *
 // Precision (usually 2 or 4 Bytes)"; 0.5 bytes at 4 bits.
 TEST(SeedsTest, WeightsAreParametersTimesPrecision) {
   EXPECT_EQ(WeightBytes(7 * kBillion, 16), 14 * kGB);

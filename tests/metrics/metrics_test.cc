@@ -208,7 +208,8 @@ TEST(KvgateMetricsTest, SetBudgetSetsEveryModelGauge) {
 TEST(KvgateMetricsTest, SetDevicesReportsEachDeviceByUuid) {
   KvgateMetrics metrics(TestOptions());
   // An H100 80GB HBM3 as NVML v1 reports it before any process runs
-  // (design.md): 503,316,480 bytes reserved by the driver show as used.
+  // (docs/design.md, "Memory model"): 503,316,480 bytes reserved by the driver
+  // show as used.
   DeviceMemory h100;
   h100.uuid = "GPU-5f3a";
   h100.total_bytes = 85'520'809'984;

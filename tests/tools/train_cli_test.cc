@@ -1,6 +1,6 @@
 // `kvgate train` (and `kvgate estimate --quick`) through the built binary:
-// the JSON contract of design.md, --quick, --gpu, --tokens, and exit code 2
-// with one stderr line for bad input.
+// the JSON contract of docs/design.md and README.md, --quick, --gpu, --tokens,
+// and exit code 2 with one stderr line for bad input.
 #include <string>
 #include <vector>
 

@@ -22,8 +22,8 @@ using ::testing::HasSubstr;
 
 constexpr uint64_t kGiB = 1ull << 30;
 
-// H100 80GB HBM3, driver 580, as measured (design.md, "GPU memory as the
-// driver reports it").
+// H100 80GB HBM3, driver 580, as measured (docs/design.md, "Memory model": "GPU
+// memory as the driver reports it").
 constexpr uint64_t kH100Total = 85'520'809'984;
 constexpr uint64_t kH100Reserved = 503'316'480;
 constexpr uint64_t kH100CudaTotal = 85'017'493'504;

@@ -74,7 +74,8 @@ TEST(ResolveServerConfigTest, EmptyConfigServesLlama3On80GBH100OverUnixSocket) {
 
   EXPECT_EQ(s->memory_source.kind, MemorySourceSettings::Kind::kStatic);
   EXPECT_EQ(s->memory_source.static_device_name, "H100-80GB");
-  // What CUDA can allocate on an H100 80GB HBM3 (design.md).
+  // What CUDA can allocate on an H100 80GB HBM3 (docs/design.md, "Memory
+  // model").
   EXPECT_EQ(s->memory_source.static_device_bytes, 85017493504u);
   EXPECT_EQ(s->memory_source.static_device_bytes, H100Allocatable());
 
