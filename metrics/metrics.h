@@ -65,6 +65,8 @@ const std::vector<absl::Duration>& DurationBuckets();
 inline constexpr std::array<const char*, 2> kKnownMemorySources = {"static",
                                                                    "nvml"};
 
+// Every metric kvgated exports, in one registry (see the top of this file
+// for the series). Setters are thread-safe; the decision path takes no lock.
 class KvgateMetrics {
  public:
   struct Options {

@@ -22,6 +22,7 @@ class Registry;
 
 namespace kvgate {
 
+// An HTTP listener serving one registry's /metrics until destroyed.
 class MetricsServer {
  public:
   // Listens on `host_port` ("127.0.0.1:9464", "0.0.0.0:0", "[::1]:0"; port 0

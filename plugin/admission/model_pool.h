@@ -34,6 +34,9 @@ struct ModelPoolSettings {
 absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
                                       uint64_t device_bytes);
 
+// One served model: its settings and estimator, its controller, its
+// capacity, and the free memory of its tightest GPU as last polled. The
+// controller is thread-safe; device_free_bytes is an atomic.
 class ModelPool {
  public:
   ModelPool(ModelPoolSettings settings, uint64_t capacity_bytes,
@@ -64,6 +67,8 @@ class ModelPool {
   std::atomic<uint64_t> device_free_bytes_{0};
 };
 
+// The pools by model name. Filled before serving, then read-only: lookups
+// need no lock.
 class ModelRegistry {
  public:
   void Add(std::unique_ptr<ModelPool> pool) {

@@ -5,6 +5,9 @@
 // client certificate verified by mutual TLS. The identity, not the request,
 // then decides the tenant a request is accounted to and whether it may use
 // CRITICAL priority: a field the caller fills in itself proves nothing.
+// It guards the Admission gRPC service only: the Envoy ext_proc service does
+// not authenticate (Envoy is the caller there, and it must strip or set the
+// tenant and priority headers itself; SECURITY.md).
 //
 //   absl::StatusOr<std::unique_ptr<Authenticator>> auth =
 //       Authenticator::Create(options);
@@ -62,6 +65,9 @@ struct CallerCredentials {
   std::vector<std::string> certificate_names;
 };
 
+// Maps what a caller presents (a bearer token, a verified client
+// certificate) to its CallerIdentity, or refuses it. Immutable after Create,
+// so thread-safe.
 class Authenticator {
  public:
   struct TokenIdentity {
@@ -101,8 +107,9 @@ class Authenticator {
       const grpc::AuthContext* auth_context,
       const std::multimap<grpc::string_ref, grpc::string_ref>& metadata) const;
 
-  // For callers that arrive over HTTP (Envoy ext_proc): the value of the
-  // request's Authorization header, "Bearer <token>".
+  // One Authorization header value, "Bearer <token>" (scheme in any case),
+  // checked on its own: what Authenticate does with each `authorization`
+  // value it is given.
   absl::StatusOr<CallerIdentity> AuthenticateBearer(
       absl::string_view authorization) const;
 

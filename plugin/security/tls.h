@@ -19,6 +19,8 @@
 
 namespace kvgate {
 
+// Server TLS: the certificate and key files, and optionally the CA that
+// client certificates must chain to (mutual TLS). Empty cert_file: plaintext.
 struct TlsSettings {
   // PEM files. cert_file may hold the chain (leaf first).
   std::string cert_file;
