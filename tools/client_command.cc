@@ -276,32 +276,35 @@ int RunBudgetCommand(const CommandArgs& args) {
   return kExitOk;
 }
 
-// A short scripted load that shows each kind of answer against the embedded
-// default: admits until the budget is full, a request that queues and is
-// admitted when memory is released, a queue timeout, a request that can
-// never fit, and a malformed one.
-int RunDemoCommand(const CommandArgs& args) {
-  ClientFlags client;
-  std::string model = "llama-3-8b";
-  FlagSet flags("demo", "Run a short demonstration load against kvgated.");
-  client.Register(flags);
-  flags.AddString("model", &model, "model name as configured in kvgated");
-  if (int rc = ParseFlags("demo", flags, args); rc >= 0) return rc;
-  std::unique_ptr<Admission::Stub> stub = client.Connect();
+namespace {
 
-  auto budget = [&](kvgate::v1::Budget* b) {
+// ----------------------------------------------------------------- demo ---
+
+// The demo's calls to one model of one kvgated, each with the flags' deadline.
+class DemoClient {
+ public:
+  DemoClient(const ClientFlags& flags, std::string model)
+      : flags_(flags), model_(std::move(model)), stub_(flags.Connect()) {}
+
+  const std::string& model() const { return model_; }
+
+  grpc::Status Budget(kvgate::v1::Budget* b) {
     grpc::ClientContext c;
-    client.Arm(c);
+    flags_.Arm(c);
     kvgate::v1::GetBudgetRequest r;
-    r.set_model(model);
-    return stub->GetBudget(&c, r, b);
-  };
-  auto admit = [&](const std::string& id, int batch, uint32_t prompt,
-                   uint32_t max_new, double wait, kvgate::v1::Priority priority,
-                   kvgate::v1::AdmitResponse* out) {
+    r.set_model(model_);
+    return stub_->GetBudget(&c, r, b);
+  }
+
+  // Admits `batch` sequences of prompt + max_new tokens, for tenant
+  // id[0..4), waiting in the queue up to `wait` seconds (0: the default).
+  grpc::Status Admit(const std::string& id, int batch, uint32_t prompt,
+                     uint32_t max_new, double wait,
+                     kvgate::v1::Priority priority,
+                     kvgate::v1::AdmitResponse* out) {
     kvgate::v1::AdmitRequest r;
     r.set_request_id(id);
-    r.set_model(model);
+    r.set_model(model_);
     r.set_tenant(id.substr(0, 4));
     r.set_priority(priority);
     for (int i = 0; i < batch; ++i) {
@@ -313,100 +316,142 @@ int RunDemoCommand(const CommandArgs& args) {
       SetSeconds(wait, r.mutable_max_queue_wait());
     }
     grpc::ClientContext c;
-    client.Arm(c);
-    return stub->Admit(&c, r, out);
-  };
-  auto release = [&](const std::string& lease) {
+    flags_.Arm(c);
+    return stub_->Admit(&c, r, out);
+  }
+
+  grpc::Status Release(const std::string& lease) {
     grpc::ClientContext c;
-    client.Arm(c);
+    flags_.Arm(c);
     kvgate::v1::ReleaseRequest r;
     r.set_lease_id(lease);
     kvgate::v1::ReleaseResponse out;
-    return stub->Release(&c, r, &out);
-  };
-  auto line = [](const std::string& what, const kvgate::v1::AdmitResponse& r) {
-    std::cout << absl::StrFormat(
-                     "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs", what,
-                     kvgate::v1::Decision_Name(r.decision()),
-                     r.reason().empty() ? "" : r.reason(),
-                     FormatBytes(r.reserved_bytes()), Seconds(r.queued_for()))
-              << (r.decision() == kvgate::v1::REJECTED &&
-                          r.retry_after().nanos() + r.retry_after().seconds() >
-                              0
-                      ? absl::StrFormat(" retry_after %.3fs",
-                                        Seconds(r.retry_after()))
-                      : "")
-              << std::endl;
-  };
+    return stub_->Release(&c, r, &out);
+  }
 
-  kvgate::v1::Budget b;
-  if (grpc::Status s = budget(&b); !s.ok()) return RpcFailed("demo", s);
-  std::cout << "kvgate demo against " << client.address << " model " << model
-            << "\n  capacity " << FormatBytes(b.capacity_bytes())
-            << ", weights " << FormatBytes(b.weights_bytes()) << std::endl;
+ private:
+  const ClientFlags& flags_;
+  const std::string model_;
+  std::unique_ptr<Admission::Stub> stub_;
+};
 
-  // 1. Fill the budget with batches of 32 x (2048 + 2048) tokens.
-  std::vector<std::string> leases;
+// One line per answer: what was asked, the decision, reason, reservation,
+// time queued and, when rejected, retry_after.
+void PrintAnswer(const std::string& what, const kvgate::v1::AdmitResponse& r) {
+  std::cout << absl::StrFormat(
+                   "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs", what,
+                   kvgate::v1::Decision_Name(r.decision()),
+                   r.reason().empty() ? "" : r.reason(),
+                   FormatBytes(r.reserved_bytes()), Seconds(r.queued_for()))
+            << (r.decision() == kvgate::v1::REJECTED &&
+                        r.retry_after().nanos() + r.retry_after().seconds() > 0
+                    ? absl::StrFormat(" retry_after %.3fs",
+                                      Seconds(r.retry_after()))
+                    : "")
+            << std::endl;
+}
+
+// 1. Fills the budget with batches of 32 x (2048 + 2048) tokens, adding the
+// leases to `leases`. Returns -1 to go on, else the exit code.
+int FillDemoBudget(DemoClient& demo, std::vector<std::string>& leases) {
   kvgate::v1::AdmitResponse r;
   for (int i = 0; i < 64; ++i) {
     const std::string id = absl::StrCat("fill-", i);
     if (grpc::Status s =
-            admit(id, 32, 2048, 2048, 0.05, kvgate::v1::STANDARD, &r);
+            demo.Admit(id, 32, 2048, 2048, 0.05, kvgate::v1::STANDARD, &r);
         !s.ok()) {
       return RpcFailed("demo", s);
     }
-    line(absl::StrCat("admit ", id, " (32 x 4096 tok)"), r);
+    PrintAnswer(absl::StrCat("admit ", id, " (32 x 4096 tok)"), r);
     if (r.decision() != kvgate::v1::ADMITTED) break;
     leases.push_back(r.lease_id());
   }
-  if (budget(&b).ok()) {
+  kvgate::v1::Budget b;
+  if (demo.Budget(&b).ok()) {
     std::cout << "  budget: " << b.active_leases() << " leases, reserved "
               << FormatBytes(b.reserved_bytes()) << ", free "
               << FormatBytes(b.free_bytes()) << std::endl;
   }
+  return -1;
+}
 
-  // 2. A request that waits in the queue until a lease is released.
+// 2. A request that waits in the queue until the first of `leases` is
+// released; its lease joins `leases`. Returns -1 to go on, else the exit
+// code.
+int QueueUntilReleased(DemoClient& demo, std::vector<std::string>& leases) {
   kvgate::v1::AdmitResponse queued;
   grpc::Status queued_status;
   std::thread waiter([&] {
-    queued_status =
-        admit("wait-1", 32, 2048, 2048, 5.0, kvgate::v1::CRITICAL, &queued);
+    queued_status = demo.Admit("wait-1", 32, 2048, 2048, 5.0,
+                               kvgate::v1::CRITICAL, &queued);
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  if (budget(&b).ok()) {
+  kvgate::v1::Budget b;
+  if (demo.Budget(&b).ok()) {
     std::cout << "  queued requests: " << b.queued_requests() << "; releasing "
               << (leases.empty() ? "nothing" : leases.front()) << std::endl;
   }
   if (!leases.empty()) {
-    release(leases.front());
+    demo.Release(leases.front());
     leases.erase(leases.begin());
   }
   waiter.join();
   if (!queued_status.ok()) return RpcFailed("demo", queued_status);
-  line("admit wait-1 (queued, CRITICAL)", queued);
+  PrintAnswer("admit wait-1 (queued, CRITICAL)", queued);
   if (queued.decision() == kvgate::v1::ADMITTED)
     leases.push_back(queued.lease_id());
+  return -1;
+}
 
-  // 3. A queue timeout, 4. a batch that can never fit, 5. a malformed one.
+// 3. A queue timeout, 4. a batch that can never fit, 5. a malformed one.
+void ShowRefusals(DemoClient& demo) {
+  kvgate::v1::AdmitResponse r;
   if (grpc::Status s =
-          admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
+          demo.Admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
       s.ok()) {
-    line("admit late-1 (max_queue_wait 0.2s)", r);
+    PrintAnswer("admit late-1 (max_queue_wait 0.2s)", r);
   }
   if (grpc::Status s =
-          admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
+          demo.Admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
       s.ok()) {
-    line("admit huge-1 (4096 x 8192 tok)", r);
+    PrintAnswer("admit huge-1 (4096 x 8192 tok)", r);
   }
-  grpc::Status bad = admit("bad-1", 1, 0, 16, 0, kvgate::v1::STANDARD, &r);
+  grpc::Status bad = demo.Admit("bad-1", 1, 0, 16, 0, kvgate::v1::STANDARD, &r);
   std::cout << absl::StrFormat("  %-34s -> gRPC ",
                                "admit bad-1 (prompt_tokens 0)")
             << static_cast<int>(bad.error_code()) << " " << bad.error_message()
             << std::endl;
+}
+
+}  // namespace
+
+// A short scripted load that shows each kind of answer against the embedded
+// default: admits until the budget is full, a request that queues and is
+// admitted when memory is released, a queue timeout, a request that can
+// never fit, and a malformed one.
+int RunDemoCommand(const CommandArgs& args) {
+  ClientFlags client;
+  std::string model = "llama-3-8b";
+  FlagSet flags("demo", "Run a short demonstration load against kvgated.");
+  client.Register(flags);
+  flags.AddString("model", &model, "model name as configured in kvgated");
+  if (int rc = ParseFlags("demo", flags, args); rc >= 0) return rc;
+  DemoClient demo(client, model);
+
+  kvgate::v1::Budget b;
+  if (grpc::Status s = demo.Budget(&b); !s.ok()) return RpcFailed("demo", s);
+  std::cout << "kvgate demo against " << client.address << " model " << model
+            << "\n  capacity " << FormatBytes(b.capacity_bytes())
+            << ", weights " << FormatBytes(b.weights_bytes()) << std::endl;
+
+  std::vector<std::string> leases;
+  if (int rc = FillDemoBudget(demo, leases); rc >= 0) return rc;
+  if (int rc = QueueUntilReleased(demo, leases); rc >= 0) return rc;
+  ShowRefusals(demo);
 
   // Release everything: the budget returns to zero.
-  for (const std::string& lease : leases) release(lease);
-  if (budget(&b).ok()) {
+  for (const std::string& lease : leases) demo.Release(lease);
+  if (demo.Budget(&b).ok()) {
     std::cout << "  after releasing all: " << b.active_leases()
               << " leases, reserved " << b.reserved_bytes() << " B"
               << std::endl;

@@ -40,117 +40,105 @@ nlohmann::ordered_json QuickRules(uint64_t parameters, uint32_t bits,
 }  // namespace
 
 namespace {
-constexpr uint64_t kMaxBatch = 1 << 20;
-}  // namespace
 
-int RunEstimateCommand(const CommandArgs& args) {
+constexpr uint64_t kMaxBatch = 1 << 20;
+
+// kvgate estimate's flags (the model's in ModelFlags).
+struct EstimateFlags {
   ModelFlags model;
   uint64_t batch = 1;
   uint64_t prompt_tokens = 1024;
   uint64_t max_new_tokens = 1024;
   bool share_prefix = false;
   bool quick = false;
-  FlagSet flags("estimate",
-                "Memory to serve a batch of sequences of a model: weights, KV "
-                "cache and the activation peak of its prefill, per GPU.");
-  model.Register(flags);
-  flags.AddUint64("batch", &batch, "sequences in the batch");
-  flags.AddUint64("prompt-tokens", &prompt_tokens,
-                  "prompt tokens per sequence");
-  flags.AddUint64("max-new-tokens", &max_new_tokens,
-                  "tokens generated per sequence at most");
-  flags.AddBool("share-prompt-prefix", &share_prefix,
-                "the sequences are samples of one prompt and share its KV");
-  flags.AddBool("quick", &quick,
-                "also print the seeds' rules of thumb (P x bytes, x1.2 "
-                "overhead) and how far they are from the exact estimate");
-  if (absl::Status s = flags.Parse(args); !s.ok()) {
-    return FailUsage("estimate", s);
+
+  void Register(FlagSet& flags) {
+    model.Register(flags);
+    flags.AddUint64("batch", &batch, "sequences in the batch");
+    flags.AddUint64("prompt-tokens", &prompt_tokens,
+                    "prompt tokens per sequence");
+    flags.AddUint64("max-new-tokens", &max_new_tokens,
+                    "tokens generated per sequence at most");
+    flags.AddBool("share-prompt-prefix", &share_prefix,
+                  "the sequences are samples of one prompt and share its KV");
+    flags.AddBool("quick", &quick,
+                  "also print the seeds' rules of thumb (P x bytes, x1.2 "
+                  "overhead) and how far they are from the exact estimate");
   }
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
+
   // A batch is materialised sequence by sequence, so it is bounded well
   // below what would exhaust memory; token counts match the wire API's
   // uint32 fields.
-  for (auto [name, value, min, max] :
-       {std::tuple<const char*, uint64_t, uint64_t, uint64_t>{"batch", batch, 1,
-                                                              kMaxBatch},
-        {"prompt-tokens", prompt_tokens, 1, UINT32_MAX},
-        {"max-new-tokens", max_new_tokens, 0, UINT32_MAX}}) {
-    if (absl::Status s = CheckRange(name, value, min, max); !s.ok()) {
-      return FailUsage("estimate", s);
+  absl::Status CheckSizes() const {
+    for (auto [name, value, min, max] :
+         {std::tuple<const char*, uint64_t, uint64_t, uint64_t>{"batch", batch,
+                                                                1, kMaxBatch},
+          {"prompt-tokens", prompt_tokens, 1, UINT32_MAX},
+          {"max-new-tokens", max_new_tokens, 0, UINT32_MAX}}) {
+      if (absl::Status s = CheckRange(name, value, min, max); !s.ok()) {
+        return s;
+      }
     }
+    return absl::OkStatus();
   }
-  absl::StatusOr<ModelSpec> spec = model.LoadSpec();
-  if (!spec.ok()) return FailUsage("estimate", spec.status());
-  absl::StatusOr<ServingOptions> options = model.ToServingOptions();
-  if (!options.ok()) return FailUsage("estimate", options.status());
-  options->share_prompt_prefix = share_prefix;
-  // The CLI reports the memory of any length asked; the context limit is
-  // enforced by the server.
-  options->max_model_len = UINT64_MAX;
-  absl::StatusOr<ServingModel> serving =
-      ServingModel::Create(*std::move(spec), *options);
-  if (!serving.ok()) return FailUsage("estimate", serving.status());
+};
 
-  const std::vector<SequenceShape> sequences(
-      batch, SequenceShape{prompt_tokens, max_new_tokens});
-  BatchEstimate e;
-  if (absl::Status s = serving->EstimateBatch(sequences, &e); !s.ok()) {
-    return FailUsage("estimate", s);
+// --json: the model, the batch and its memory.
+nlohmann::ordered_json EstimateJson(const EstimateFlags& ef,
+                                    const ServingModel& serving,
+                                    const BatchEstimate& e, uint64_t total) {
+  const ParameterCounts& p = serving.parameters();
+  nlohmann::ordered_json j;
+  j["model_type"] = serving.spec().model_type;
+  j["parameters"] = p.total;
+  j["active_parameters"] = p.active;
+  j["dtype"] = std::string(DTypeName(serving.quantization().dtype));
+  j["quantization"] = serving.quantization().method;
+  j["kv_cache_dtype"] = std::string(DTypeName(serving.kv_cache().dtype()));
+  j["tensor_parallel"] = serving.options().tensor_parallel;
+  j["batch"] = ef.batch;
+  j["prompt_tokens"] = ef.prompt_tokens;
+  j["max_new_tokens"] = ef.max_new_tokens;
+  j["weights_bytes"] = serving.weights_bytes();
+  j["kv_cache_bytes_per_token"] = serving.kv_cache_bytes_per_token();
+  j["kv_cache_tokens"] = e.kv_cache_tokens;
+  j["kv_cache_bytes"] = e.kv_cache_bytes;
+  j["activation_bytes"] = e.activation_bytes;
+  j["total_bytes"] = total;
+  if (ef.quick) {
+    j["rules_of_thumb"] =
+        QuickRules(p.total, DTypeBits(serving.quantization().dtype), total);
   }
-  uint64_t total = 0;
-  if (__builtin_add_overflow(serving->weights_bytes(), e.total_bytes, &total)) {
-    return FailUsage("estimate", absl::InvalidArgumentError(
-                                     "the total overflows 64-bit arithmetic"));
-  }
-  const ParameterCounts& p = serving->parameters();
-  const ModelSpec& m = serving->spec();
-  const uint32_t bits = DTypeBits(serving->quantization().dtype);
-  if (model.json) {
-    nlohmann::ordered_json j;
-    j["model_type"] = m.model_type;
-    j["parameters"] = p.total;
-    j["active_parameters"] = p.active;
-    j["dtype"] = std::string(DTypeName(serving->quantization().dtype));
-    j["quantization"] = serving->quantization().method;
-    j["kv_cache_dtype"] = std::string(DTypeName(serving->kv_cache().dtype()));
-    j["tensor_parallel"] = options->tensor_parallel;
-    j["batch"] = batch;
-    j["prompt_tokens"] = prompt_tokens;
-    j["max_new_tokens"] = max_new_tokens;
-    j["weights_bytes"] = serving->weights_bytes();
-    j["kv_cache_bytes_per_token"] = serving->kv_cache_bytes_per_token();
-    j["kv_cache_tokens"] = e.kv_cache_tokens;
-    j["kv_cache_bytes"] = e.kv_cache_bytes;
-    j["activation_bytes"] = e.activation_bytes;
-    j["total_bytes"] = total;
-    if (quick) j["rules_of_thumb"] = QuickRules(p.total, bits, total);
-    j["notes"] = m.notes;
-    PrintJson(j);
-    return kExitOk;
-  }
+  j["notes"] = serving.spec().notes;
+  return j;
+}
+
+// The table, then (--quick) the rules of thumb's, then the notes.
+void PrintEstimateTables(const EstimateFlags& ef, const ServingModel& serving,
+                         const BatchEstimate& e, uint64_t total) {
+  const ParameterCounts& p = serving.parameters();
+  const ModelSpec& m = serving.spec();
+  const uint32_t bits = DTypeBits(serving.quantization().dtype);
   TableRows rows = {
       {"model_type", m.model_type},
       {"parameters", absl::StrCat(FormatCount(p.total), " (", p.total, ")")},
       {"active parameters",
        absl::StrCat(FormatCount(p.active), " (", p.active, ")")},
-      {"weights dtype", std::string(DTypeName(serving->quantization().dtype))},
-      {"KV cache dtype", std::string(DTypeName(serving->kv_cache().dtype()))},
-      {"weights / GPU", FormatBytes(serving->weights_bytes())},
-      {"KV cache / token", FormatBytes(serving->kv_cache_bytes_per_token())},
+      {"weights dtype", std::string(DTypeName(serving.quantization().dtype))},
+      {"KV cache dtype", std::string(DTypeName(serving.kv_cache().dtype()))},
+      {"weights / GPU", FormatBytes(serving.weights_bytes())},
+      {"KV cache / token", FormatBytes(serving.kv_cache_bytes_per_token())},
       {"KV cache", absl::StrCat(FormatBytes(e.kv_cache_bytes), " for ",
                                 e.kv_cache_tokens, " tokens")},
       {"activations", FormatBytes(e.activation_bytes)},
       {"total / GPU", FormatBytes(total)},
   };
-  PrintTable(absl::StrCat("kvgate estimate: batch ", batch, " x (",
-                          prompt_tokens, " prompt + ", max_new_tokens,
-                          " new) tokens, TP ", options->tensor_parallel),
-             rows);
-  if (quick) {
+  PrintTable(
+      absl::StrCat("kvgate estimate: batch ", ef.batch, " x (",
+                   ef.prompt_tokens, " prompt + ", ef.max_new_tokens,
+                   " new) tokens, TP ", serving.options().tensor_parallel),
+      rows);
+  if (ef.quick) {
     const nlohmann::ordered_json q = QuickRules(p.total, bits, total);
     PrintTable(
         "seeds' rules of thumb vs the exact estimate",
@@ -164,6 +152,54 @@ int RunEstimateCommand(const CommandArgs& args) {
   }
   for (const std::string& note : m.notes)
     std::cout << "  note: " << note << "\n";
+}
+
+}  // namespace
+
+int RunEstimateCommand(const CommandArgs& args) {
+  EstimateFlags ef;
+  FlagSet flags("estimate",
+                "Memory to serve a batch of sequences of a model: weights, KV "
+                "cache and the activation peak of its prefill, per GPU.");
+  ef.Register(flags);
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    return FailUsage("estimate", s);
+  }
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  if (absl::Status s = ef.CheckSizes(); !s.ok()) {
+    return FailUsage("estimate", s);
+  }
+  absl::StatusOr<ModelSpec> spec = ef.model.LoadSpec();
+  if (!spec.ok()) return FailUsage("estimate", spec.status());
+  absl::StatusOr<ServingOptions> options = ef.model.ToServingOptions();
+  if (!options.ok()) return FailUsage("estimate", options.status());
+  options->share_prompt_prefix = ef.share_prefix;
+  // The CLI reports the memory of any length asked; the context limit is
+  // enforced by the server.
+  options->max_model_len = UINT64_MAX;
+  absl::StatusOr<ServingModel> serving =
+      ServingModel::Create(*std::move(spec), *options);
+  if (!serving.ok()) return FailUsage("estimate", serving.status());
+
+  const std::vector<SequenceShape> sequences(
+      ef.batch, SequenceShape{ef.prompt_tokens, ef.max_new_tokens});
+  BatchEstimate e;
+  if (absl::Status s = serving->EstimateBatch(sequences, &e); !s.ok()) {
+    return FailUsage("estimate", s);
+  }
+  uint64_t total = 0;
+  if (__builtin_add_overflow(serving->weights_bytes(), e.total_bytes, &total)) {
+    return FailUsage("estimate", absl::InvalidArgumentError(
+                                     "the total overflows 64-bit arithmetic"));
+  }
+  if (ef.model.json) {
+    PrintJson(EstimateJson(ef, *serving, e, total));
+  } else {
+    PrintEstimateTables(ef, *serving, e, total);
+  }
   return kExitOk;
 }
 

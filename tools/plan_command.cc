@@ -110,105 +110,130 @@ void PrintPlanTable(const GpuChoice& gpu, const Plan& p) {
   PrintTable(absl::StrCat("kvgate plan: TP ", p.tensor_parallel), rows);
 }
 
-}  // namespace
-
-int RunPlanCommand(const CommandArgs& args) {
+// kvgate plan's flags (the model's in ModelFlags).
+struct PlanFlags {
   ModelFlags model;
   std::string gpu;
   uint64_t gpu_memory_bytes = 0;
   double utilization = 0.9;
-  PlanOptions defaults;
   uint64_t max_model_len = 0;
-  uint64_t max_num_batched_tokens = defaults.max_num_batched_tokens;
-  uint64_t max_num_seqs = defaults.max_num_seqs;
-  uint64_t non_torch_bytes = defaults.non_torch_bytes;
+  uint64_t max_num_batched_tokens = PlanOptions().max_num_batched_tokens;
+  uint64_t max_num_seqs = PlanOptions().max_num_seqs;
+  uint64_t non_torch_bytes = PlanOptions().non_torch_bytes;
+
+  void Register(FlagSet& flags) {
+    model.Register(flags);
+    flags.AddString("gpu", &gpu,
+                    absl::StrCat("GPU from the catalog (its CUDA-allocatable "
+                                 "memory is used): ",
+                                 GpuNames()));
+    flags.AddUint64("gpu-memory-bytes", &gpu_memory_bytes,
+                    "memory of one GPU as CUDA reports its total, instead of "
+                    "--gpu");
+    flags.AddDouble("gpu-memory-utilization", &utilization,
+                    "share of the GPU memory the engine may use, in (0, 1]");
+    flags.AddUint64("max-model-len", &max_model_len,
+                    "context length per request (0: the config's "
+                    "max_position_embeddings)");
+    flags.AddUint64("max-num-batched-tokens", &max_num_batched_tokens,
+                    "tokens of the profiling forward pass whose activation "
+                    "peak is reserved");
+    flags.AddUint64(
+        "max-num-seqs", &max_num_seqs,
+        "sequences per step (rows of logits in the profiling pass)");
+    flags.AddUint64("non-torch-bytes", &non_torch_bytes,
+                    "memory outside PyTorch's allocator charged per GPU "
+                    "(cuBLAS, NCCL, kernel modules)");
+  }
+};
+
+// The GPU the flags name, once the utilization and the sizes are checked.
+absl::StatusOr<GpuChoice> CheckFlags(const FlagSet& flags,
+                                     const PlanFlags& pf) {
+  absl::StatusOr<GpuChoice> choice =
+      ChooseGpu(flags, pf.gpu, pf.gpu_memory_bytes);
+  if (!choice.ok()) return choice.status();
+  if (!(pf.utilization > 0 && pf.utilization <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpu-memory-utilization=", pf.utilization, " must be in (0, 1]"));
+  }
+  for (auto [name, value] :
+       {std::tuple<const char*, uint64_t>{"max-num-batched-tokens",
+                                          pf.max_num_batched_tokens},
+        {"max-num-seqs", pf.max_num_seqs}}) {
+    if (absl::Status s = CheckRange(name, value, 1, uint64_t{1} << 40);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (flags.WasSet("max-model-len")) {
+    if (absl::Status s =
+            CheckRange("max-model-len", pf.max_model_len, 1, uint64_t{1} << 40);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return choice;
+}
+
+// The model does not fit the GPU (`error`): with --json, the JSON object
+// with "fits": false and the smallest tensor-parallel degree that fits;
+// then the error line. Returns the exit code.
+int FailDoesNotFit(const PlanFlags& pf, const GpuChoice& choice,
+                   const ModelSpec& spec, const PlanOptions& options,
+                   const absl::Status& error) {
+  if (pf.model.json) {
+    nlohmann::ordered_json j;
+    j["fits"] = false;
+    j["gpu"] = choice.name;
+    j["gpu_memory_bytes"] = choice.memory_bytes;
+    j["gpu_memory_utilization"] = pf.utilization;
+    j["tensor_parallel"] = options.serving.tensor_parallel;
+    absl::StatusOr<uint32_t> tp = SmallestFittingTensorParallel(spec, options);
+    j["min_tensor_parallel"] =
+        tp.ok() ? nlohmann::ordered_json(*tp) : nlohmann::ordered_json(nullptr);
+    j["error"] = std::string(error.message());
+    PrintJson(j);
+  }
+  FailUsage("plan", error);
+  return kExitFailure;
+}
+
+}  // namespace
+
+int RunPlanCommand(const CommandArgs& args) {
+  PlanFlags pf;
   FlagSet flags("plan", kSummary);
-  model.Register(flags);
-  flags.AddString("gpu", &gpu,
-                  absl::StrCat("GPU from the catalog (its CUDA-allocatable "
-                               "memory is used): ",
-                               GpuNames()));
-  flags.AddUint64("gpu-memory-bytes", &gpu_memory_bytes,
-                  "memory of one GPU as CUDA reports its total, instead of "
-                  "--gpu");
-  flags.AddDouble("gpu-memory-utilization", &utilization,
-                  "share of the GPU memory the engine may use, in (0, 1]");
-  flags.AddUint64("max-model-len", &max_model_len,
-                  "context length per request (0: the config's "
-                  "max_position_embeddings)");
-  flags.AddUint64("max-num-batched-tokens", &max_num_batched_tokens,
-                  "tokens of the profiling forward pass whose activation "
-                  "peak is reserved");
-  flags.AddUint64("max-num-seqs", &max_num_seqs,
-                  "sequences per step (rows of logits in the profiling pass)");
-  flags.AddUint64("non-torch-bytes", &non_torch_bytes,
-                  "memory outside PyTorch's allocator charged per GPU "
-                  "(cuBLAS, NCCL, kernel modules)");
+  pf.Register(flags);
   if (absl::Status s = flags.Parse(args); !s.ok()) return FailUsage("plan", s);
   if (flags.help_requested()) {
     std::cout << flags.Usage();
     return kExitOk;
   }
-  absl::StatusOr<GpuChoice> choice = ChooseGpu(flags, gpu, gpu_memory_bytes);
+  absl::StatusOr<GpuChoice> choice = CheckFlags(flags, pf);
   if (!choice.ok()) return FailUsage("plan", choice.status());
-  if (!(utilization > 0 && utilization <= 1)) {
-    return FailUsage("plan", absl::InvalidArgumentError(absl::StrCat(
-                                 "--gpu-memory-utilization=", utilization,
-                                 " must be in (0, 1]")));
-  }
-  for (auto [name, value] :
-       {std::tuple<const char*, uint64_t>{"max-num-batched-tokens",
-                                          max_num_batched_tokens},
-        {"max-num-seqs", max_num_seqs}}) {
-    if (absl::Status s = CheckRange(name, value, 1, uint64_t{1} << 40);
-        !s.ok()) {
-      return FailUsage("plan", s);
-    }
-  }
-  if (flags.WasSet("max-model-len")) {
-    if (absl::Status s =
-            CheckRange("max-model-len", max_model_len, 1, uint64_t{1} << 40);
-        !s.ok()) {
-      return FailUsage("plan", s);
-    }
-  }
-  absl::StatusOr<ModelSpec> spec = model.LoadSpec();
+  absl::StatusOr<ModelSpec> spec = pf.model.LoadSpec();
   if (!spec.ok()) return FailUsage("plan", spec.status());
-  absl::StatusOr<ServingOptions> serving = model.ToServingOptions();
+  absl::StatusOr<ServingOptions> serving = pf.model.ToServingOptions();
   if (!serving.ok()) return FailUsage("plan", serving.status());
 
   PlanOptions options;
   options.gpu_memory_bytes = choice->memory_bytes;
-  options.gpu_memory_utilization = utilization;
+  options.gpu_memory_utilization = pf.utilization;
   options.serving = *serving;
-  options.max_num_batched_tokens = max_num_batched_tokens;
-  options.max_num_seqs = max_num_seqs;
-  options.max_model_len = max_model_len;
-  options.non_torch_bytes = non_torch_bytes;
+  options.max_num_batched_tokens = pf.max_num_batched_tokens;
+  options.max_num_seqs = pf.max_num_seqs;
+  options.max_model_len = pf.max_model_len;
+  options.non_torch_bytes = pf.non_torch_bytes;
   absl::StatusOr<Plan> plan = PlanServing(*spec, options);
   if (!plan.ok()) {
     if (!absl::IsResourceExhausted(plan.status())) {
       return FailUsage("plan", plan.status());
     }
-    if (model.json) {
-      nlohmann::ordered_json j;
-      j["fits"] = false;
-      j["gpu"] = choice->name;
-      j["gpu_memory_bytes"] = choice->memory_bytes;
-      j["gpu_memory_utilization"] = utilization;
-      j["tensor_parallel"] = serving->tensor_parallel;
-      absl::StatusOr<uint32_t> tp =
-          SmallestFittingTensorParallel(*spec, options);
-      j["min_tensor_parallel"] = tp.ok() ? nlohmann::ordered_json(*tp)
-                                         : nlohmann::ordered_json(nullptr);
-      j["error"] = std::string(plan.status().message());
-      PrintJson(j);
-    }
-    FailUsage("plan", plan.status());
-    return kExitFailure;
+    return FailDoesNotFit(pf, *choice, *spec, options, plan.status());
   }
-  if (model.json) {
-    PrintJson(PlanJson(*choice, *plan, max_num_seqs));
+  if (pf.model.json) {
+    PrintJson(PlanJson(*choice, *plan, pf.max_num_seqs));
   } else {
     PrintPlanTable(*choice, *plan);
   }

@@ -141,148 +141,168 @@ double PercentOff(uint64_t rule, uint64_t exact) {
          static_cast<double>(exact);
 }
 
-}  // namespace
+// Everything `kvgate train` prints.
+struct TrainReport {
+  ModelSpec spec;
+  TrainingOptions options;
+  TrainingEstimate estimate;
+  const GpuSpec* gpu = nullptr;  // with --gpu
+  std::optional<GpuPlan> plan;   // with --gpu, when some layout fits
+  std::string plan_error;        // with --gpu, when none does
+  ParameterCounts counts;
+  std::optional<ComputeEstimate> compute;  // with --tokens
+  // The seeds' figures: 4 B/param to store (fp32), 24 B/param to train.
+  uint64_t rule_inference = 0;
+  uint64_t rule_training = 0;
+  uint64_t v100_train = 0;
+};
 
-int RunTrainCommand(const CommandArgs& args) {
-  TrainFlags tf;
-  FlagSet flags(kCommand,
-                "Peak memory per GPU of one training step (weights, "
-                "gradients, optimizer state, activations), GPUs to fit it, "
-                "and pretraining compute.");
-  tf.Register(flags);
-  if (absl::Status s = flags.Parse(args); !s.ok())
-    return FailUsage(kCommand, s);
-  if (flags.help_requested()) {
-    std::cout << flags.Usage();
-    return kExitOk;
-  }
+// Parses the flags' values, loads the model and runs the estimates; an
+// error (a usage error) for bad input.
+absl::StatusOr<TrainReport> BuildReport(const TrainFlags& tf) {
   if (tf.config.empty()) {
-    return FailUsage(kCommand, absl::InvalidArgumentError(
-                                   "--config is required (a config.json path "
-                                   "or a preset name)"));
+    return absl::InvalidArgumentError(
+        "--config is required (a config.json path or a preset name)");
   }
+  TrainReport r;
   absl::StatusOr<TrainingOptions> options = tf.ToOptions();
-  if (!options.ok()) return FailUsage(kCommand, options.status());
+  if (!options.ok()) return options.status();
+  r.options = *std::move(options);
   absl::StatusOr<ModelSpec> spec = LoadModel(tf.config);
-  if (!spec.ok()) return FailUsage(kCommand, spec.status());
-  const GpuSpec* gpu = nullptr;
+  if (!spec.ok()) return spec.status();
+  r.spec = *std::move(spec);
   if (!tf.gpu.empty()) {
     absl::StatusOr<const GpuSpec*> g = FindGpu(tf.gpu);
-    if (!g.ok()) return FailUsage(kCommand, g.status());
-    gpu = *g;
+    if (!g.ok()) return g.status();
+    r.gpu = *g;
   }
-  absl::StatusOr<TrainingEstimate> est = EstimateTraining(*spec, *options);
-  if (!est.ok()) return FailUsage(kCommand, est.status());
+  absl::StatusOr<TrainingEstimate> est = EstimateTraining(r.spec, r.options);
+  if (!est.ok()) return est.status();
+  r.estimate = *std::move(est);
 
-  std::optional<GpuPlan> plan;
-  std::string plan_error;
-  if (gpu != nullptr) {
+  if (r.gpu != nullptr) {
     absl::StatusOr<GpuPlan> p =
-        GpusToFit(*spec, *options, gpu->allocatable_bytes);
+        GpusToFit(r.spec, r.options, r.gpu->allocatable_bytes);
     if (p.ok()) {
-      plan = *std::move(p);
+      r.plan = *std::move(p);
     } else {
-      plan_error = std::string(p.status().message());
+      r.plan_error = std::string(p.status().message());
     }
   }
-  std::optional<ComputeEstimate> compute;
-  const ParameterCounts counts = CountParameters(*spec);
+  r.counts = CountParameters(r.spec);
   if (tf.tokens > 0) {
     absl::StatusOr<ComputeEstimate> c = EstimatePretrainingCompute(
-        counts.active, tf.tokens, gpu ? gpu->bf16_dense_tflops : 1.0, tf.mfu);
-    if (!c.ok()) return FailUsage(kCommand, c.status());
-    compute = *c;
+        r.counts.active, tf.tokens, r.gpu ? r.gpu->bf16_dense_tflops : 1.0,
+        tf.mfu);
+    if (!c.ok()) return c.status();
+    r.compute = *c;
   }
-  // The seeds' figures: 4 B/param to store (fp32), 24 B/param to train.
-  const uint64_t rule_inference =
-      rules_of_thumb::InferenceBytesFp32(counts.total);
-  const uint64_t rule_training =
-      rules_of_thumb::TrainingBytesFp32(counts.total);
-  const uint64_t v100_train =
-      rules_of_thumb::GpusToHold(rule_training, rules_of_thumb::kV100Bytes);
+  r.rule_inference = rules_of_thumb::InferenceBytesFp32(r.counts.total);
+  r.rule_training = rules_of_thumb::TrainingBytesFp32(r.counts.total);
+  r.v100_train =
+      rules_of_thumb::GpusToHold(r.rule_training, rules_of_thumb::kV100Bytes);
+  return r;
+}
 
-  const TrainingEstimate& e = *est;
-  if (tf.json) {
-    nlohmann::ordered_json j;
-    j["model_type"] = spec->model_type;
-    j["parameters"] = e.parameters;
-    j["trainable_parameters"] = e.trainable_parameters;
-    j["precision"] = std::string(PrecisionName(options->precision));
-    j["optimizer"] = std::string(OptimizerName(options->optimizer));
-    j["micro_batch_size"] = options->micro_batch_size;
-    j["sequence_length"] = options->sequence_length;
-    j["recompute"] = std::string(RecomputeName(options->gradient_checkpointing
-                                                   ? Recompute::kFull
-                                                   : options->recompute));
-    j["attention"] = tf.attention;
-    j["lora_rank"] = options->lora_rank;
-    j["qlora"] = options->qlora;
-    j["zero_stage"] = options->zero_stage;
-    j["data_parallel"] = options->data_parallel;
-    j["tensor_parallel"] = options->tensor_parallel;
-    j["pipeline_parallel"] = options->pipeline_parallel;
-    j["weights_bytes"] = e.weights_bytes;
-    j["gradients_bytes"] = e.gradients_bytes;
-    j["optimizer_bytes"] = e.optimizer_bytes;
-    j["activation_bytes"] = e.activation_bytes;
-    j["logits_bytes"] = e.logits_bytes;
-    j["autocast_weight_copy_bytes"] = e.autocast_weight_copy_bytes;
-    j["optimizer_step_temp_bytes"] = e.optimizer_step_temp_bytes;
-    j["runtime_workspace_bytes"] = e.runtime_workspace_bytes;
-    j["forward_backward_peak_bytes"] = e.forward_backward_peak_bytes;
-    j["optimizer_step_peak_bytes"] = e.optimizer_step_peak_bytes;
-    j["total_bytes"] = e.total_bytes;
-    j["peak"] = e.peak;
-    j["paper_activation_bytes"] = e.paper_activation_bytes;
-    if (gpu != nullptr) {
-      nlohmann::ordered_json g;
-      g["name"] = std::string(gpu->name);
-      g["allocatable_bytes"] = gpu->allocatable_bytes;
-      g["fits"] = e.total_bytes <= gpu->allocatable_bytes;
-      if (plan.has_value()) {
-        g["gpus_to_fit"] = plan->gpus;
-        g["tensor_parallel"] = plan->tensor_parallel;
-        g["data_parallel"] = plan->data_parallel;
-        g["zero_stage"] = plan->zero_stage;
-        g["total_bytes"] = plan->estimate.total_bytes;
-      } else {
-        g["gpus_to_fit"] = nullptr;
-        g["error"] = plan_error;
-      }
-      j["gpu"] = g;
-    }
-    if (compute.has_value()) {
-      nlohmann::ordered_json c;
-      c["tokens"] = tf.tokens;
-      c["active_parameters"] = counts.active;
-      c["flops"] = compute->flops;
-      c["petaflop_s_days"] = compute->petaflop_s_days;
-      if (gpu != nullptr) {
-        c["gpu_days"] = compute->gpu_days;
-        c["mfu"] = compute->mfu;
-      }
-      j["compute"] = c;
-    }
-    if (tf.quick) {
-      nlohmann::ordered_json q;
-      q["inference_fp32_bytes"] = rule_inference;
-      q["training_bytes"] = rule_training;
-      q["training_bytes_per_parameter"] =
-          rules_of_thumb::kTrainingBytesPerParameter;
-      q["v100_32gb_training_gpus"] = v100_train;
-      q["exact_total_bytes"] = e.total_bytes;
-      q["difference_percent"] = PercentOff(rule_training, e.total_bytes);
-      q["source"] =
-          "seeds 002, 004: 1B parameters = 4 GB stored, 24 GB trained";
-      j["rules_of_thumb"] = q;
-    }
-    j["notes"] = e.notes;
-    PrintJson(j);
-    return kExitOk;
+// --json: the setup, then the estimate's figures.
+nlohmann::ordered_json EstimateJson(const TrainFlags& tf,
+                                    const TrainReport& r) {
+  const TrainingOptions& o = r.options;
+  const TrainingEstimate& e = r.estimate;
+  nlohmann::ordered_json j;
+  j["model_type"] = r.spec.model_type;
+  j["parameters"] = e.parameters;
+  j["trainable_parameters"] = e.trainable_parameters;
+  j["precision"] = std::string(PrecisionName(o.precision));
+  j["optimizer"] = std::string(OptimizerName(o.optimizer));
+  j["micro_batch_size"] = o.micro_batch_size;
+  j["sequence_length"] = o.sequence_length;
+  j["recompute"] = std::string(
+      RecomputeName(o.gradient_checkpointing ? Recompute::kFull : o.recompute));
+  j["attention"] = tf.attention;
+  j["lora_rank"] = o.lora_rank;
+  j["qlora"] = o.qlora;
+  j["zero_stage"] = o.zero_stage;
+  j["data_parallel"] = o.data_parallel;
+  j["tensor_parallel"] = o.tensor_parallel;
+  j["pipeline_parallel"] = o.pipeline_parallel;
+  j["weights_bytes"] = e.weights_bytes;
+  j["gradients_bytes"] = e.gradients_bytes;
+  j["optimizer_bytes"] = e.optimizer_bytes;
+  j["activation_bytes"] = e.activation_bytes;
+  j["logits_bytes"] = e.logits_bytes;
+  j["autocast_weight_copy_bytes"] = e.autocast_weight_copy_bytes;
+  j["optimizer_step_temp_bytes"] = e.optimizer_step_temp_bytes;
+  j["runtime_workspace_bytes"] = e.runtime_workspace_bytes;
+  j["forward_backward_peak_bytes"] = e.forward_backward_peak_bytes;
+  j["optimizer_step_peak_bytes"] = e.optimizer_step_peak_bytes;
+  j["total_bytes"] = e.total_bytes;
+  j["peak"] = e.peak;
+  j["paper_activation_bytes"] = e.paper_activation_bytes;
+  return j;
+}
+
+// --json "gpu": whether one fits and the smallest layout that does.
+nlohmann::ordered_json GpuJson(const TrainReport& r) {
+  nlohmann::ordered_json g;
+  g["name"] = std::string(r.gpu->name);
+  g["allocatable_bytes"] = r.gpu->allocatable_bytes;
+  g["fits"] = r.estimate.total_bytes <= r.gpu->allocatable_bytes;
+  if (r.plan.has_value()) {
+    g["gpus_to_fit"] = r.plan->gpus;
+    g["tensor_parallel"] = r.plan->tensor_parallel;
+    g["data_parallel"] = r.plan->data_parallel;
+    g["zero_stage"] = r.plan->zero_stage;
+    g["total_bytes"] = r.plan->estimate.total_bytes;
+  } else {
+    g["gpus_to_fit"] = nullptr;
+    g["error"] = r.plan_error;
   }
+  return g;
+}
 
-  TableRows rows = {
-      {"model_type", spec->model_type},
+// --json "compute": 6ND, and GPU-days with --gpu.
+nlohmann::ordered_json ComputeJson(const TrainFlags& tf, const TrainReport& r) {
+  nlohmann::ordered_json c;
+  c["tokens"] = tf.tokens;
+  c["active_parameters"] = r.counts.active;
+  c["flops"] = r.compute->flops;
+  c["petaflop_s_days"] = r.compute->petaflop_s_days;
+  if (r.gpu != nullptr) {
+    c["gpu_days"] = r.compute->gpu_days;
+    c["mfu"] = r.compute->mfu;
+  }
+  return c;
+}
+
+// --json "rules_of_thumb" (--quick): the seeds' figures beside the exact one.
+nlohmann::ordered_json RulesJson(const TrainReport& r) {
+  nlohmann::ordered_json q;
+  q["inference_fp32_bytes"] = r.rule_inference;
+  q["training_bytes"] = r.rule_training;
+  q["training_bytes_per_parameter"] =
+      rules_of_thumb::kTrainingBytesPerParameter;
+  q["v100_32gb_training_gpus"] = r.v100_train;
+  q["exact_total_bytes"] = r.estimate.total_bytes;
+  q["difference_percent"] = PercentOff(r.rule_training, r.estimate.total_bytes);
+  q["source"] = "seeds 002, 004: 1B parameters = 4 GB stored, 24 GB trained";
+  return q;
+}
+
+void PrintJsonReport(const TrainFlags& tf, const TrainReport& r) {
+  nlohmann::ordered_json j = EstimateJson(tf, r);
+  if (r.gpu != nullptr) j["gpu"] = GpuJson(r);
+  if (r.compute.has_value()) j["compute"] = ComputeJson(tf, r);
+  if (tf.quick) j["rules_of_thumb"] = RulesJson(r);
+  j["notes"] = r.estimate.notes;
+  PrintJson(j);
+}
+
+// The table's rows of the estimate itself.
+TableRows EstimateRows(const TrainReport& r) {
+  const TrainingEstimate& e = r.estimate;
+  return {
+      {"model_type", r.spec.model_type},
       {"parameters",
        absl::StrCat(FormatCount(e.parameters), " (", e.parameters, ")")},
       {"trainable", absl::StrCat(FormatCount(e.trainable_parameters), " (",
@@ -300,43 +320,82 @@ int RunTrainCommand(const CommandArgs& args) {
       {"peak / GPU",
        absl::StrCat(FormatBytes(e.total_bytes), " (", e.peak, ")")},
   };
-  if (gpu != nullptr) {
-    rows.push_back({absl::StrCat("fits one ", gpu->name),
-                    e.total_bytes <= gpu->allocatable_bytes ? "yes" : "no"});
+}
+
+// The table's optional rows: the GPU's fit (--gpu), compute (--tokens) and
+// the rules of thumb (--quick).
+void AddOptionalRows(const TrainFlags& tf, const TrainReport& r,
+                     TableRows& rows) {
+  const TrainingEstimate& e = r.estimate;
+  if (r.gpu != nullptr) {
+    rows.push_back({absl::StrCat("fits one ", r.gpu->name),
+                    e.total_bytes <= r.gpu->allocatable_bytes ? "yes" : "no"});
     rows.push_back(
         {"GPUs to fit",
-         plan.has_value()
-             ? absl::StrCat(plan->gpus, " (TP ", plan->tensor_parallel,
-                            " x DP ", plan->data_parallel,
-                            plan->data_parallel > 1 ? ", ZeRO-3)" : ")")
-             : plan_error});
+         r.plan.has_value()
+             ? absl::StrCat(r.plan->gpus, " (TP ", r.plan->tensor_parallel,
+                            " x DP ", r.plan->data_parallel,
+                            r.plan->data_parallel > 1 ? ", ZeRO-3)" : ")")
+             : r.plan_error});
   }
-  if (compute.has_value()) {
-    rows.push_back({"compute (6ND)",
-                    absl::StrFormat("%.3g FLOPs = %.4g petaflop/s-days",
-                                    compute->flops, compute->petaflop_s_days)});
-    if (gpu != nullptr) {
-      rows.push_back(
-          {"GPU-days", absl::StrFormat("%.4g at %.0f%% MFU", compute->gpu_days,
-                                       100 * compute->mfu)});
+  if (r.compute.has_value()) {
+    rows.push_back(
+        {"compute (6ND)",
+         absl::StrFormat("%.3g FLOPs = %.4g petaflop/s-days", r.compute->flops,
+                         r.compute->petaflop_s_days)});
+    if (r.gpu != nullptr) {
+      rows.push_back({"GPU-days",
+                      absl::StrFormat("%.4g at %.0f%% MFU", r.compute->gpu_days,
+                                      100 * r.compute->mfu)});
     }
   }
   if (tf.quick) {
     rows.push_back(
-        {"rule: inference (4 B/param)", FormatBytes(rule_inference)});
-    rows.push_back({"rule: training (24 B/param)", FormatBytes(rule_training)});
-    rows.push_back({"rule: V100-32GB to train", absl::StrCat(v100_train)});
+        {"rule: inference (4 B/param)", FormatBytes(r.rule_inference)});
     rows.push_back(
-        {"rule vs exact peak",
-         absl::StrFormat("%+.1f%%", PercentOff(rule_training, e.total_bytes))});
+        {"rule: training (24 B/param)", FormatBytes(r.rule_training)});
+    rows.push_back({"rule: V100-32GB to train", absl::StrCat(r.v100_train)});
+    rows.push_back({"rule vs exact peak",
+                    absl::StrFormat("%+.1f%%", PercentOff(r.rule_training,
+                                                          e.total_bytes))});
   }
-  PrintTable(absl::StrCat("kvgate train: ", PrecisionName(options->precision),
-                          " ", OptimizerName(options->optimizer),
-                          ", micro-batch ", options->micro_batch_size, " x ",
-                          options->sequence_length, " tokens"),
-             rows);
-  for (const std::string& note : e.notes)
+}
+
+void PrintTableReport(const TrainFlags& tf, const TrainReport& r) {
+  TableRows rows = EstimateRows(r);
+  AddOptionalRows(tf, r, rows);
+  const TrainingOptions& o = r.options;
+  PrintTable(
+      absl::StrCat("kvgate train: ", PrecisionName(o.precision), " ",
+                   OptimizerName(o.optimizer), ", micro-batch ",
+                   o.micro_batch_size, " x ", o.sequence_length, " tokens"),
+      rows);
+  for (const std::string& note : r.estimate.notes)
     std::cout << "  note: " << note << "\n";
+}
+
+}  // namespace
+
+int RunTrainCommand(const CommandArgs& args) {
+  TrainFlags tf;
+  FlagSet flags(kCommand,
+                "Peak memory per GPU of one training step (weights, "
+                "gradients, optimizer state, activations), GPUs to fit it, "
+                "and pretraining compute.");
+  tf.Register(flags);
+  if (absl::Status s = flags.Parse(args); !s.ok())
+    return FailUsage(kCommand, s);
+  if (flags.help_requested()) {
+    std::cout << flags.Usage();
+    return kExitOk;
+  }
+  absl::StatusOr<TrainReport> report = BuildReport(tf);
+  if (!report.ok()) return FailUsage(kCommand, report.status());
+  if (tf.json) {
+    PrintJsonReport(tf, *report);
+  } else {
+    PrintTableReport(tf, *report);
+  }
   return kExitOk;
 }
 
