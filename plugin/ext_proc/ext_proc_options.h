@@ -13,22 +13,30 @@
 
 namespace kvgate {
 
+// The ext_proc service's settings. The defaults below are those of an empty
+// ExtProcConfig, except max_hold (see there).
 struct ExtProcOptions {
-  // Separate listener for Envoy; empty: the main gRPC listener.
+  // Separate listener for Envoy. Default empty: the main gRPC listener.
   std::string listen_address;
-  // max_tokens assumed when the request sets none.
+  // max_tokens assumed when the request sets neither max_tokens nor
+  // max_completion_tokens. Default 256.
   uint32_t default_max_tokens = 256;
-  // Prompt bytes per token when no token count is known.
+  // Prompt bytes per token, to estimate a prompt's tokens from its text when
+  // no token count is known. Default 4.0.
   double bytes_per_token = 4.0;
-  // Request headers (lower case, as Envoy sends them).
+  // Request headers read for the tenant, the priority and a trusted prompt
+  // token count (lower case, as Envoy sends them). Defaults
+  // "x-kvgate-tenant", "x-kvgate-priority", "x-kvgate-prompt-tokens".
   std::string tenant_header = "x-kvgate-tenant";
   std::string priority_header = "x-kvgate-priority";
   std::string token_count_header = "x-kvgate-prompt-tokens";
-  // Largest request body read (413 beyond).
+  // Largest request body read (413 beyond). Default 8 MiB.
   uint64_t max_body_bytes = uint64_t{8} << 20;
-  // Longest a request is held waiting for memory.
+  // Longest a request is held waiting for memory. Default 30 s here;
+  // ResolveExtProcConfig defaults it to the queue's max_queue_wait.
   absl::Duration max_hold = absl::Seconds(30);
-  // Most sequences (prompts x n) in one request.
+  // Most sequences (prompts x n) in one request. Default 4096; not
+  // configurable in ExtProcConfig.
   int max_sequences = 4096;
 };
 

@@ -1,21 +1,19 @@
 #include "plugin/ext_proc/ext_proc_service.h"
 
-#include <cmath>
 #include <deque>
 #include <optional>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/random/random.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "plugin/base/handoff.h"
+#include "plugin/ext_proc/ext_proc_gate.h"
 #include "plugin/ext_proc/ext_proc_responses.h"
-#include "plugin/ext_proc/openai_request.h"
 
 namespace kvgate {
 namespace {
@@ -25,35 +23,9 @@ using envoy::service::ext_proc::v3::HttpHeaders;
 using envoy::service::ext_proc::v3::ProcessingRequest;
 using envoy::service::ext_proc::v3::ProcessingResponse;
 
-// Values of the priority header (case-insensitive); absent = STANDARD.
-struct PriorityRow {
-  const char* name;
-  Priority priority;
-};
-constexpr PriorityRow kPriorities[] = {
-    {"critical", Priority::kCritical},
-    {"standard", Priority::kStandard},
-    {"sheddable", Priority::kSheddable},
-};
-
-HttpError BadRequest(absl::string_view message) {
-  return {400, "invalid_request_error", "INVALID_REQUEST", std::string(message),
-          absl::ZeroDuration()};
-}
-
-HttpError Unavailable(absl::string_view code, absl::string_view message) {
-  return {503, "service_unavailable", std::string(code), std::string(message),
-          absl::Seconds(1)};
-}
-
 std::string RandomPrefix() {
   absl::BitGen gen;
   return absl::StrFormat("extproc-%016x", absl::Uniform<uint64_t>(gen));
-}
-
-// A header's bytes: raw_value (what current Envoy sends), else value.
-const std::string& HeaderBytes(const envoy::config::core::v3::HeaderValue& h) {
-  return h.raw_value().empty() ? h.value() : h.raw_value();
 }
 
 }  // namespace
@@ -209,70 +181,18 @@ class ExtProcService::Stream final
       WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
       return;
     }
-    const ExtProcOptions& options = service_->options_;
-    std::string path, method, priority, token_count, content_length;
-    for (const auto& h : headers.headers().headers()) {
-      const std::string& key = h.key();
-      if (key == ":path") {
-        path = HeaderBytes(h);
-      } else if (key == ":method") {
-        method = HeaderBytes(h);
-      } else if (key == options.tenant_header) {
-        tenant_ = HeaderBytes(h);
-      } else if (key == options.priority_header) {
-        priority = HeaderBytes(h);
-      } else if (key == options.token_count_header) {
-        token_count = HeaderBytes(h);
-      } else if (key == "content-length") {
-        content_length = HeaderBytes(h);
-      }
+    const ExtProcGate& gate = service_->gate_;
+    HeadersVerdict verdict = gate.OnRequestHeaders(
+        ReadRequestHeaders(headers, gate.options()), service_->serving_state());
+    if (const HttpError* error = std::get_if<HttpError>(&verdict)) {
+      return RejectLocked(*error);
     }
-    const std::optional<OpenAiEndpoint> endpoint = EndpointForPath(path);
-    if (!endpoint.has_value() || method != "POST" || headers.end_of_stream()) {
+    if (GatedRequest* gated = std::get_if<GatedRequest>(&verdict)) {
+      gated_ = std::move(*gated);
+      state_ = State::kBody;
+    } else {
       state_ = State::kPassThrough;
-      WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
-      return;
     }
-    endpoint_ = *endpoint;
-    if (!service_->ready_.load(std::memory_order_relaxed)) {
-      return RejectLocked(Unavailable("NOT_READY", "kvgated is not ready"));
-    }
-    if (service_->draining_.load(std::memory_order_relaxed)) {
-      return RejectLocked(
-          Unavailable("DRAINING", "kvgated is shutting down; retry shortly"));
-    }
-    if (tenant_.size() > kMaxTenantBytes) {
-      return RejectLocked(BadRequest(absl::StrCat(
-          options.tenant_header, ": at most ", kMaxTenantBytes, " bytes")));
-    }
-    if (!priority.empty()) {
-      bool known = false;
-      for (const PriorityRow& row : kPriorities) {
-        if (absl::EqualsIgnoreCase(priority, row.name)) {
-          priority_ = row.priority;
-          known = true;
-        }
-      }
-      if (!known) {
-        return RejectLocked(BadRequest(
-            absl::StrCat(options.priority_header,
-                         ": must be critical, standard or sheddable")));
-      }
-    }
-    if (!token_count.empty()) {
-      uint32_t tokens = 0;
-      if (!absl::SimpleAtoi(token_count, &tokens)) {
-        return RejectLocked(BadRequest(absl::StrCat(
-            options.token_count_header, ": must be a token count")));
-      }
-      token_count_ = tokens;
-    }
-    uint64_t length = 0;
-    if (absl::SimpleAtoi(content_length, &length) &&
-        length > options.max_body_bytes) {
-      return RejectLocked(BodyTooLarge());
-    }
-    state_ = State::kBody;
     WriteLocked(ContinueResponse(ExtProcPhase::kRequestHeaders));
   }
 
@@ -284,8 +204,9 @@ class ExtProcService::Stream final
       }
       return {};
     }
-    if (body.body().size() > service_->options_.max_body_bytes - body_.size()) {
-      RejectLocked(BodyTooLarge());
+    if (std::optional<HttpError> error =
+            service_->gate_.OnBodyChunk(body_.size(), body.body().size())) {
+      RejectLocked(*error);
       return {};
     }
     body_.append(body.body());
@@ -299,82 +220,23 @@ class ExtProcService::Stream final
     return DecideLocked();
   }
 
-  // The body is complete: parse, estimate, and hand an Admit to Run().
+  // The body is complete: the gate decides; an Admit goes to Run().
   Action DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     state_ = State::kAdmitting;
-    const ExtProcOptions& options = service_->options_;
-    const absl::StatusOr<OpenAiRequest> parsed =
-        ParseOpenAiRequest(endpoint_, body_);
+    BodyVerdict verdict = service_->gate_.OnRequestBody(
+        gated_, body_, request_id_, service_->clock_->Now());
     std::string().swap(body_);
-    if (!parsed.ok()) {
-      RejectLocked(BadRequest(parsed.status().message()));
+    if (const HttpError* error = std::get_if<HttpError>(&verdict)) {
+      RejectLocked(*error);
       return {};
     }
-    ModelPool* pool = service_->registry_->Find(parsed->model);
-    if (pool == nullptr) {
-      RejectLocked(
-          {404, "invalid_request_error", "MODEL_NOT_FOUND",
-           absl::StrCat("The model '", parsed->model.substr(0, kMaxTenantBytes),
-                        "' is not served here"),
-           absl::ZeroDuration()});
-      return {};
-    }
-    const uint64_t sequences =
-        static_cast<uint64_t>(parsed->prompts.size()) * parsed->n;
-    if (sequences > static_cast<uint64_t>(options.max_sequences)) {
-      RejectLocked(BadRequest(absl::StrCat("n x prompts: ", sequences,
-                                           " sequences exceed the limit of ",
-                                           options.max_sequences)));
-      return {};
-    }
-    const uint64_t max_new =
-        parsed->max_tokens.value_or(options.default_max_tokens);
-    std::vector<SequenceShape> shapes;
-    shapes.reserve(sequences);
-    for (const PromptSize& prompt : parsed->prompts) {
-      const uint64_t tokens = PromptTokens(prompt, parsed->prompts.size());
-      for (uint32_t i = 0; i < parsed->n; ++i) {
-        shapes.push_back({tokens, max_new});
-      }
-    }
-    BatchEstimate estimate;
-    if (absl::Status s = pool->model().EstimateBatch(shapes, &estimate);
-        !s.ok()) {
-      RejectLocked(BadRequest(s.message()));
-      return {};
-    }
-    AdmitTicket ticket;
-    ticket.request_id = request_id_;
-    ticket.tenant = tenant_;
-    ticket.priority = priority_;
-    ticket.cost.kv_bytes = estimate.kv_cache_bytes;
-    ticket.cost.activation_bytes = estimate.activation_bytes;
-    ticket.deadline = service_->clock_->Now() + options.max_hold;
-    pool_ = pool;
+    ExtProcAdmit& admit = std::get<ExtProcAdmit>(verdict);
+    pool_ = admit.pool;
     admit_pending_ = true;
     Action action;
-    action.pool = pool;
-    action.admit = std::move(ticket);
+    action.pool = admit.pool;
+    action.admit = std::move(admit.ticket);
     return action;
-  }
-
-  // Prompt tokens of one prompt: the trusted header (shared evenly when a
-  // request batches several prompts), else the token ids sent, else the
-  // text's bytes / bytes_per_token rounded up. At least 1.
-  uint64_t PromptTokens(const PromptSize& prompt, size_t prompts) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    uint64_t tokens = 0;
-    if (token_count_.has_value()) {
-      tokens = (*token_count_ + prompts - 1) / prompts;
-    } else if (prompt.token_ids.has_value()) {
-      tokens = *prompt.token_ids;
-    } else {
-      const double estimate = static_cast<double>(prompt.text_bytes) /
-                              service_->options_.bytes_per_token;
-      // text_bytes is bounded by max_body_bytes (<= 1 GiB), so this fits.
-      tokens = static_cast<uint64_t>(std::ceil(estimate));
-    }
-    return tokens == 0 ? 1 : tokens;
   }
 
   // Runs what HandleLocked decided, outside `mu_`.
@@ -397,12 +259,7 @@ class ExtProcService::Stream final
       absl::MutexLock lock(&mu_);
       if (!handle.ok()) {  // not accepted: the callback never runs
         admit_pending_ = false;
-        RejectLocked(handle.status().code() ==
-                             absl::StatusCode::kInvalidArgument
-                         ? BadRequest(handle.status().message())
-                         : HttpError{500, "api_error", "INTERNAL",
-                                     std::string(handle.status().message()),
-                                     absl::ZeroDuration()});
+        RejectLocked(ExtProcGate::AdmitError(handle.status()));
         MaybeFinishLocked();
       } else if (admit_pending_ && *handle != 0) {  // queued
         handle_ = *handle;
@@ -491,7 +348,7 @@ class ExtProcService::Stream final
     if (extended_) return;
     extended_ = true;
     WriteLocked(
-        ExtendTimeout(service_->options_.max_hold + kHoldTimeoutMargin));
+        ExtendTimeout(service_->gate_.options().max_hold + kHoldTimeoutMargin));
   }
 
   void RejectLocked(const HttpError& error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -499,13 +356,6 @@ class ExtProcService::Stream final
     held_.clear();
     std::string().swap(body_);
     WriteLocked(ImmediateError(error));
-  }
-
-  HttpError BodyTooLarge() const {
-    return {413, "invalid_request_error", "BODY_TOO_LARGE",
-            absl::StrCat("request body exceeds ",
-                         service_->options_.max_body_bytes, " bytes"),
-            absl::ZeroDuration()};
   }
 
   void WriteLocked(ProcessingResponse response)
@@ -527,8 +377,6 @@ class ExtProcService::Stream final
     Finish(grpc::Status::OK);
   }
 
-  static constexpr size_t kMaxTenantBytes = 128;
-
   ExtProcService* const service_;
   const std::string request_id_;
   // The read buffer, used only between StartRead and OnReadDone.
@@ -536,10 +384,7 @@ class ExtProcService::Stream final
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kHeaders;
-  OpenAiEndpoint endpoint_ ABSL_GUARDED_BY(mu_) = OpenAiEndpoint::kCompletions;
-  std::string tenant_ ABSL_GUARDED_BY(mu_);
-  Priority priority_ ABSL_GUARDED_BY(mu_) = Priority::kStandard;
-  std::optional<uint64_t> token_count_ ABSL_GUARDED_BY(mu_);
+  GatedRequest gated_ ABSL_GUARDED_BY(mu_);  // once kBody
   std::string body_ ABSL_GUARDED_BY(mu_);
   // Request messages whose answers wait for the decision, in order.
   std::vector<ExtProcPhase> held_ ABSL_GUARDED_BY(mu_);
@@ -561,9 +406,8 @@ class ExtProcService::Stream final
 
 ExtProcService::ExtProcService(const ModelRegistry* registry, Clock* clock,
                                ExtProcOptions options)
-    : registry_(registry),
+    : gate_(registry, std::move(options)),
       clock_(clock),
-      options_(std::move(options)),
       id_prefix_(RandomPrefix()) {}
 
 grpc::ServerBidiReactor<ProcessingRequest, ProcessingResponse>*

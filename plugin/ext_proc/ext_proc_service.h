@@ -4,14 +4,16 @@
 // memory with no client changes. See deploy/envoy/README.md.
 //
 // One bidirectional stream per HTTP request, one reactor per stream, no
-// thread per stream:
-//   request_headers  remember :path, tenant, priority and the trusted
+// thread per stream. What to answer is ExtProcGate's decision
+// (ext_proc_gate.h, pure and unit-tested); the reactor moves the messages,
+// asks the gate, and admits, cancels and releases on the controller:
+//   request_headers  the gate checks :path, tenant, priority and the trusted
 //                    token-count header; CONTINUE (ungated paths, methods
 //                    other than POST and bodiless requests pass through).
 //   request_body     chunks accumulate (BUFFERED sends one, STREAMED many;
 //                    their answers are held) up to end_of_stream or trailers;
-//                    then the body is parsed, the batch estimated and
-//                    admitted on the model's Controller:
+//                    then the gate parses the body and sizes the batch, and
+//                    the ticket is admitted on the model's Controller:
 //                    - ADMITTED: every held chunk is answered CONTINUE, the
 //                      last with x-kvgate-decision / -reserved-bytes headers;
 //                    - queued: Envoy is told to wait (override_message_timeout
@@ -40,10 +42,14 @@
 #include "plugin/admission/clock.h"
 #include "plugin/admission/model_pool.h"
 #include "plugin/base/call_tracker.h"
+#include "plugin/ext_proc/ext_proc_gate.h"
 #include "plugin/ext_proc/ext_proc_options.h"
 
 namespace kvgate {
 
+// Envoy's ExternalProcessor service on kvgated: one Stream reactor per HTTP
+// request, deciding with an ExtProcGate and admitting on the pools'
+// controllers (see the top of this file). Thread-safe.
 class ExtProcService final
     : public envoy::service::ext_proc::v3::ExternalProcessor::CallbackService {
  public:
@@ -64,14 +70,19 @@ class ExtProcService final
                           envoy::service::ext_proc::v3::ProcessingResponse>*
   Process(grpc::CallbackServerContext* context) override;
 
-  const ExtProcOptions& options() const { return options_; }
+  const ExtProcOptions& options() const { return gate_.options(); }
 
  private:
   class Stream;
 
-  const ModelRegistry* registry_;
+  ServingState serving_state() const {
+    return {ready_.load(std::memory_order_relaxed),
+            draining_.load(std::memory_order_relaxed)};
+  }
+
+  // Every decision on a request's headers and body.
+  const ExtProcGate gate_;
   Clock* clock_;
-  const ExtProcOptions options_;
   // Request ids for the controller: unique per stream, never taken from the
   // client (two requests sharing an id would share a lease).
   const std::string id_prefix_;

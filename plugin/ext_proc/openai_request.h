@@ -40,6 +40,7 @@ struct PromptSize {
   std::optional<uint64_t> token_ids;
 };
 
+// What ParseOpenAiRequest reads from a body: the fields that size it.
 struct OpenAiRequest {
   std::string model;
   // max_completion_tokens, else max_tokens; nullopt when neither is set.
@@ -52,6 +53,7 @@ struct OpenAiRequest {
   std::vector<PromptSize> prompts;
 };
 
+// Bounds on what ParseOpenAiRequest accepts (InvalidArgument beyond).
 struct OpenAiParseLimits {
   // Largest `n` accepted.
   uint32_t max_n = 128;
