@@ -3,8 +3,9 @@
 //
 // The ledger counts only what kvgate itself reserved; the engine's own
 // allocator, fragmentation, a CUDA context or another process on the GPU can
-// take memory the ledger never sees. kvgated polls the guard on an interval
-// and, while it reports pressure, stops admitting (see design.md, Admission).
+// take memory the ledger never sees. kvgated polls the guard on an
+// interval and, while it reports pressure, stops admitting (see
+// docs/design.md, Admission).
 //
 // A guard over a source that is not live (static) never reports pressure:
 // its free figure is a constant. When the source cannot be read the guard

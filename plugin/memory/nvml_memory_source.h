@@ -11,7 +11,7 @@
 // `reserved_bytes` and left out of `used_bytes`; with the older call it is
 // part of `used_bytes` and `reserved_bytes` is 0. On an H100 80GB HBM3
 // (driver 580) total is 85,520,809,984 bytes, of which 503,316,480 are
-// reserved; see design.md, "GPU memory as the driver reports it".
+// reserved; see docs/design.md, "GPU memory as the driver reports it".
 #ifndef KVGATE_PLUGIN_MEMORY_NVML_MEMORY_SOURCE_H_
 #define KVGATE_PLUGIN_MEMORY_NVML_MEMORY_SOURCE_H_
 
