@@ -14,20 +14,22 @@
 // Options::compact_min_bytes have been appended and the file is more than
 // twice the size of its live records, so the file stays bounded.
 //
-// Format (state_dir/leases.journal), one record per line:
+// Format (state_dir/leases.journal): a text file of one record per line,
 //   <crc32 of payload, 8 lower-case hex digits> TAB <payload> LF
-// The payload's fields are separated by TAB; strings are C-escaped
-// (absl::CEscape), so no field holds a raw TAB or LF; times are Unix
-// microseconds of wall time:
+// whose payload is TAB-separated fields, strings C-escaped:
 //   V 1                                                  format version
 //   G <model> <lease_id> <request_id> <kv_bytes> <activation_bytes> <expires>
 //   N <model> <lease_id> <expires>                       renewed
 //   R <model> <lease_id>                                 released
 //   E <model> <lease_id>                                 expired
-// The CRC is CRC-32 (IEEE 802.3, the polynomial of zlib and PNG) of the
-// payload bytes. Replay stops at the first record that is incomplete (no LF:
-// a write torn by the crash) or whose CRC or fields do not check; what
-// follows is logged by the caller from Replay and cut away by the compaction.
+// The file starts with the version record; a compacted file is the version
+// record and one G record per live lease. The codec of one record (the exact
+// bytes, the CRC, every field and every decoding error) is journal_record.h.
+// Replay applies the records in order and stops at the first one that does
+// not decode (a write torn by the crash, or damage); what follows is
+// reported in Replay, logged by the caller and cut away by the compaction.
+// A journal of another format version is refused, not cut. The design is in
+// docs/design.md, section "Lease journal".
 //
 // Durability (Options::fsync). Each record is written with write(2) before
 // the controller's lock is released, so it is in the kernel's page cache and
@@ -68,19 +70,22 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "plugin/admission/controller.h"
+#include "plugin/journal/journal_record.h"
 
 namespace kvgate {
 
-// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320) of `data`.
-uint32_t Crc32(absl::string_view data);
-
+// The lease journal of one state directory: records the leases of every
+// model's Controller (through ObserverFor) and, at Open, replays them. It is
+// thread-safe; the file comment above covers format, durability and locking.
 class LeaseJournal {
  public:
+  // When appended records are fdatasync'ed (see Durability above).
   enum class FsyncPolicy { kAlways, kInterval, kNever };
 
   // "always", "interval", "never"; InvalidArgument otherwise.
   static absl::StatusOr<FsyncPolicy> ParseFsyncPolicy(absl::string_view name);
 
+  // How Open sets the journal up.
   struct Options {
     // Directory of the journal; created (mode 0700) if missing, its parent
     // must exist. Required.
@@ -96,6 +101,7 @@ class LeaseJournal {
     absl::flat_hash_set<std::string> models;
   };
 
+  // A lease found live by the replay, with its model.
   struct JournaledLease {
     std::string model;
     LeaseRecord lease;  // expires_at is wall time
@@ -113,12 +119,18 @@ class LeaseJournal {
     std::string dropped_reason;
   };
 
+  // What Open returns: the journal, open for appending, and its replay.
+  struct Opened {
+    std::unique_ptr<LeaseJournal> journal;
+    Replay replay;
+  };
+
   // Locks the state directory, replays its journal (if any) as of wall time
-  // `now`, fills `replay`, compacts, and opens the journal for appending.
-  // FailedPrecondition when the directory cannot be created or written, is
-  // locked by another process, or holds a journal of an unknown version.
-  static absl::StatusOr<std::unique_ptr<LeaseJournal>> Open(
-      const Options& options, absl::Time now, Replay* replay);
+  // `now`, compacts, and opens the journal for appending. InvalidArgument for
+  // bad options; FailedPrecondition when the directory cannot be created or
+  // written, is locked by another process, or holds a journal of an unknown
+  // version.
+  static absl::StatusOr<Opened> Open(const Options& options, absl::Time now);
 
   LeaseJournal(const LeaseJournal&) = delete;
   LeaseJournal& operator=(const LeaseJournal&) = delete;
@@ -141,13 +153,25 @@ class LeaseJournal {
   size_t live_leases() const;
 
  private:
+  // The observer ObserverFor returns: records one model's lease changes.
   class ModelObserver;
+  // One model's live leases and its observer.
   struct ModelLeases;
 
   LeaseJournal(const Options& options, std::string path, int lock_fd);
 
-  // Appends one record; compacts when due.
-  void AppendLocked(const std::string& payload)
+  // Replays `text` (the journal file) into models_ and keeps there only the
+  // leases live at `now`, of models served; FailedPrecondition for a journal
+  // of another format version.
+  absl::StatusOr<Replay> ReplayLocked(absl::string_view text, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies one decoded record to models_.
+  void ApplyLocked(JournalRecord record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The leases of `model`, created empty if new.
+  ModelLeases& LeasesLocked(const std::string& model)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends one encoded record; compacts when due.
+  void AppendLocked(const std::string& record)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CompactLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // fdatasync of everything appended so far (group commit).

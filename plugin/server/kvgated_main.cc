@@ -454,10 +454,11 @@ int Run() {
     for (const ModelPoolSettings& m : settings->models) {
       journal_options.models.insert(m.name);
     }
-    absl::StatusOr<std::unique_ptr<LeaseJournal>> opened =
-        LeaseJournal::Open(journal_options, absl::Now(), &replay);
+    absl::StatusOr<LeaseJournal::Opened> opened =
+        LeaseJournal::Open(journal_options, absl::Now());
     if (!opened.ok()) return Fail("lease journal failed", opened.status());
-    journal = *std::move(opened);
+    journal = std::move(opened->journal);
+    replay = std::move(opened->replay);
   }
 
   // Pools: capacity from the tightest device each model runs on.

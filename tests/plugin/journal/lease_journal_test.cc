@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "plugin/admission/clock.h"
 #include "plugin/admission/controller.h"
+#include "plugin/journal/journal_record.h"
 #include "tests/testing/fake_clock.h"
 
 namespace kvgate {
@@ -67,12 +68,12 @@ class LeaseJournalTest : public ::testing::Test {
     std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
   }
 
-  std::unique_ptr<LeaseJournal> Open(LeaseJournal::Replay* replay,
-                                     absl::Time now = kNow) {
-    absl::StatusOr<std::unique_ptr<LeaseJournal>> journal =
-        LeaseJournal::Open(options_, now, replay);
-    EXPECT_TRUE(journal.ok()) << journal.status();
-    return journal.ok() ? *std::move(journal) : nullptr;
+  // The journal (nullptr on failure) and its replay.
+  LeaseJournal::Opened Open(absl::Time now = kNow) {
+    absl::StatusOr<LeaseJournal::Opened> opened =
+        LeaseJournal::Open(options_, now);
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    return opened.ok() ? *std::move(opened) : LeaseJournal::Opened();
   }
 
   static std::vector<std::string> Ids(const LeaseJournal::Replay& replay) {
@@ -88,12 +89,6 @@ class LeaseJournalTest : public ::testing::Test {
   LeaseJournal::Options options_;
 };
 
-TEST(Crc32Test, MatchesTheStandardCheckValue) {
-  // The CRC-32/ISO-HDLC check value of "123456789" (as zlib's crc32 gives).
-  EXPECT_EQ(Crc32("123456789"), 0xCBF43926u);
-  EXPECT_EQ(Crc32(""), 0u);
-}
-
 TEST(FsyncPolicyTest, ParsesTheThreeNamesOnly) {
   EXPECT_EQ(*LeaseJournal::ParseFsyncPolicy("always"),
             LeaseJournal::FsyncPolicy::kAlways);
@@ -106,8 +101,7 @@ TEST(FsyncPolicyTest, ParsesTheThreeNamesOnly) {
 }
 
 TEST_F(LeaseJournalTest, FreshDirectoryStartsEmpty) {
-  LeaseJournal::Replay replay;
-  auto journal = Open(&replay);
+  auto [journal, replay] = Open();
   ASSERT_NE(journal, nullptr);
   EXPECT_THAT(replay.live, IsEmpty());
   EXPECT_EQ(replay.dropped_bytes, 0u);
@@ -118,8 +112,7 @@ TEST_F(LeaseJournalTest, FreshDirectoryStartsEmpty) {
 
 TEST_F(LeaseJournalTest, ReplayReturnsLeasesGrantedAndNotEnded) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     LeaseObserver* observer = journal->ObserverFor("m");
     observer->OnGranted(Lease("a"));
     observer->OnGranted(Lease("b"));
@@ -130,8 +123,7 @@ TEST_F(LeaseJournalTest, ReplayReturnsLeasesGrantedAndNotEnded) {
     // No orderly close: the journal object is simply dropped, as after a
     // kill (records are written by write(2) as they happen).
   }
-  LeaseJournal::Replay replay;
-  auto journal = Open(&replay);
+  auto [journal, replay] = Open();
   EXPECT_THAT(Ids(replay), ElementsAre("b"));
   ASSERT_THAT(replay.live, SizeIs(1));
   EXPECT_EQ(replay.live[0].model, "m");
@@ -144,42 +136,36 @@ TEST_F(LeaseJournalTest, ReplayReturnsLeasesGrantedAndNotEnded) {
 
 TEST_F(LeaseJournalTest, RenewalMovesTheExpiryReplayed) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     LeaseObserver* observer = journal->ObserverFor("m");
     observer->OnGranted(Lease("a", 1, kNow + absl::Seconds(5)));
     observer->OnRenewed("a", kNow + absl::Hours(1));
   }
-  LeaseJournal::Replay replay;
-  Open(&replay, kNow + absl::Minutes(30));
+  const LeaseJournal::Replay replay = Open(kNow + absl::Minutes(30)).replay;
   ASSERT_THAT(replay.live, SizeIs(1));
   EXPECT_EQ(replay.live[0].lease.expires_at, kNow + absl::Hours(1));
 }
 
 TEST_F(LeaseJournalTest, LeasesPastTheirExpiryAreDroppedAtReplay) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     LeaseObserver* observer = journal->ObserverFor("m");
     observer->OnGranted(Lease("short", 1, kNow + absl::Seconds(1)));
     observer->OnGranted(Lease("long", 1, kNow + absl::Hours(1)));
   }
-  LeaseJournal::Replay replay;
-  Open(&replay, kNow + absl::Seconds(2));
+  const LeaseJournal::Replay replay = Open(kNow + absl::Seconds(2)).replay;
   EXPECT_THAT(Ids(replay), ElementsAre("long"));
   EXPECT_EQ(replay.expired, 1u);
 }
 
 TEST_F(LeaseJournalTest, LeasesOfModelsNoLongerServedAreDropped) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     journal->ObserverFor("gone")->OnGranted(Lease("g"));
     journal->ObserverFor("kept")->OnGranted(Lease("k"));
   }
   options_.models = {"kept"};
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   EXPECT_THAT(Ids(replay), ElementsAre("k"));
   EXPECT_EQ(replay.unknown_model, 1u);
 }
@@ -189,12 +175,10 @@ TEST_F(LeaseJournalTest, FieldsWithTabsAndNewlinesRoundTrip) {
   LeaseRecord lease = Lease("id\t1\n");
   lease.request_id = "request\n\t\\";
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     journal->ObserverFor(model)->OnGranted(lease);
   }
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   ASSERT_THAT(replay.live, SizeIs(1));
   EXPECT_EQ(replay.live[0].model, model);
   EXPECT_EQ(replay.live[0].lease.lease_id, lease.lease_id);
@@ -204,8 +188,7 @@ TEST_F(LeaseJournalTest, FieldsWithTabsAndNewlinesRoundTrip) {
 
 TEST_F(LeaseJournalTest, TornLastRecordIsDroppedAndCutAway) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     journal->ObserverFor("m")->OnGranted(Lease("a"));
     journal->ObserverFor("m")->OnGranted(Lease("b"));
   }
@@ -214,8 +197,7 @@ TEST_F(LeaseJournalTest, TornLastRecordIsDroppedAndCutAway) {
   const size_t whole = ReadAll(path()).size();
   AppendRaw(path(), torn);
   {
-    LeaseJournal::Replay replay;
-    Open(&replay);
+    const LeaseJournal::Replay replay = Open().replay;
     EXPECT_THAT(Ids(replay), ElementsAre("a", "b"));
     EXPECT_EQ(replay.dropped_bytes, torn.size());
     EXPECT_EQ(replay.dropped_offset, whole);
@@ -223,16 +205,14 @@ TEST_F(LeaseJournalTest, TornLastRecordIsDroppedAndCutAway) {
   }
   // The compaction at open cut the tail away.
   EXPECT_THAT(ReadAll(path()), ::testing::Not(HasSubstr(torn)));
-  LeaseJournal::Replay again;
-  Open(&again);
+  const LeaseJournal::Replay again = Open().replay;
   EXPECT_EQ(again.dropped_bytes, 0u);
   EXPECT_THAT(Ids(again), ElementsAre("a", "b"));
 }
 
 TEST_F(LeaseJournalTest, CorruptRecordStopsReplayThere) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     LeaseObserver* observer = journal->ObserverFor("m");
     observer->OnGranted(Lease("a"));
     observer->OnGranted(Lease("b", 2000));
@@ -246,8 +226,7 @@ TEST_F(LeaseJournalTest, CorruptRecordStopsReplayThere) {
   WriteAll(path(), text);
   const size_t b_line = text.rfind('\n', b) + 1;
 
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   // "a" precedes the bad record; "b" and everything after it are dropped.
   EXPECT_THAT(Ids(replay), ElementsAre("a"));
   EXPECT_EQ(replay.dropped_offset, b_line);
@@ -257,13 +236,11 @@ TEST_F(LeaseJournalTest, CorruptRecordStopsReplayThere) {
 
 TEST_F(LeaseJournalTest, GarbageAppendedIsDropped) {
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     journal->ObserverFor("m")->OnGranted(Lease("a"));
   }
   AppendRaw(path(), std::string("\0\0\xff garbage\n", 12));
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   EXPECT_THAT(Ids(replay), ElementsAre("a"));
   EXPECT_EQ(replay.dropped_bytes, 12u);
 }
@@ -274,31 +251,65 @@ TEST_F(LeaseJournalTest, UnknownVersionIsRefusedAndKept) {
   const std::string text = absl::StrCat(
       absl::Hex(Crc32(payload), absl::kZeroPad8), "\t", payload, "\n");
   WriteAll(path(), text);
-  LeaseJournal::Replay replay;
-  absl::StatusOr<std::unique_ptr<LeaseJournal>> journal =
-      LeaseJournal::Open(options_, kNow, &replay);
+  absl::StatusOr<LeaseJournal::Opened> journal =
+      LeaseJournal::Open(options_, kNow);
   EXPECT_EQ(journal.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(journal.status().message(), HasSubstr("version 7"));
   EXPECT_EQ(ReadAll(path()), text);
 }
 
+// A journal as an earlier build wrote it (grants, renewals, a release and an
+// expiry, every kind of byte to escape) still replays: the format is fixed.
+TEST_F(LeaseJournalTest, JournalOfAnEarlierBuildReplays) {
+  ASSERT_EQ(mkdir(dir_.c_str(), 0700), 0);
+  WriteAll(
+      path(),
+      "176c3063\tV\t1\n"
+      "6d044b45\tG\tllama-3-8b\t00000000deadbeef-1\treq-"
+      "1\t123456789\t42\t1700000600123456\n"
+      "1825d9f8\tG\twe\\tird\\n\\\"m\\\\o\\001\\377\\000d\\000\tid\\t\\n\\000x"
+      "\tr\\303\\251q\t1\t0\t1700000600123456\n"
+      "a438935b\tG\tllama-3-8b\t00000000deadbeef-"
+      "2\t\t18446744073709551615\t18446744073709551615\t1700004200123456\n"
+      "a057e600\tN\tllama-3-8b\t00000000deadbeef-1\t1700000630123456\n"
+      "dad8be1f\tN\twe\\tird\\n\\\"m\\\\o\\001\\377\\000d\\000\tunknown\t-5\n"
+      "6a31f73c\tR\tllama-3-8b\t00000000deadbeef-2\n"
+      "5f068d6d\tE\twe\\tird\\n\\\"m\\\\o\\001\\377\\000d\\000\tid\\t\\n\\000x"
+      "\n");
+  const LeaseJournal::Replay replay = Open().replay;
+  EXPECT_EQ(replay.records, 8u);
+  EXPECT_EQ(replay.dropped_bytes, 0u);
+  ASSERT_THAT(replay.live, SizeIs(1));
+  EXPECT_EQ(replay.live[0].model, "llama-3-8b");
+  EXPECT_EQ(replay.live[0].lease.lease_id, "00000000deadbeef-1");
+  EXPECT_EQ(replay.live[0].lease.request_id, "req-1");
+  EXPECT_EQ(replay.live[0].lease.cost.kv_bytes, 123456789u);
+  EXPECT_EQ(replay.live[0].lease.cost.activation_bytes, 42u);
+  EXPECT_EQ(replay.live[0].lease.expires_at,
+            absl::FromUnixMicros(1700000630123456));
+  // The compaction at open wrote the live lease back byte for byte.
+  EXPECT_EQ(
+      ReadAll(path()),
+      "176c3063\tV\t1\n"
+      "e38b4ca6\tG\tllama-3-8b\t00000000deadbeef-1\treq-1\t123456789\t42\t"
+      "1700000630123456\n");
+}
+
 TEST_F(LeaseJournalTest, SecondOpenOfALockedDirectoryFails) {
-  LeaseJournal::Replay replay;
-  auto first = Open(&replay);
+  std::unique_ptr<LeaseJournal> first = Open().journal;
   ASSERT_NE(first, nullptr);
-  absl::StatusOr<std::unique_ptr<LeaseJournal>> second =
-      LeaseJournal::Open(options_, kNow, &replay);
+  absl::StatusOr<LeaseJournal::Opened> second =
+      LeaseJournal::Open(options_, kNow);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(second.status().message(), HasSubstr("locked"));
   first.reset();
-  EXPECT_NE(Open(&replay), nullptr);  // the lock went with the first
+  EXPECT_NE(Open().journal, nullptr);  // the lock went with the first
 }
 
 TEST_F(LeaseJournalTest, MissingParentDirectoryFailsClearly) {
   options_.state_dir = dir_ + "/no/such/parent";
-  LeaseJournal::Replay replay;
-  absl::StatusOr<std::unique_ptr<LeaseJournal>> journal =
-      LeaseJournal::Open(options_, kNow, &replay);
+  absl::StatusOr<LeaseJournal::Opened> journal =
+      LeaseJournal::Open(options_, kNow);
   EXPECT_EQ(journal.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(journal.status().message(), HasSubstr("state directory"));
 }
@@ -306,8 +317,7 @@ TEST_F(LeaseJournalTest, MissingParentDirectoryFailsClearly) {
 TEST_F(LeaseJournalTest, CompactionKeepsOnlyLiveLeases) {
   options_.compact_min_bytes = 4096;
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     LeaseObserver* observer = journal->ObserverFor("m");
     for (int i = 0; i < 1000; ++i) {
       const std::string id = absl::StrCat("lease-", i);
@@ -319,8 +329,7 @@ TEST_F(LeaseJournalTest, CompactionKeepsOnlyLiveLeases) {
     // Bounded: at most a compaction's worth of appends past the live set.
     EXPECT_LT(ReadAll(path()).size(), 2 * 4096u + 10 * 100u);
   }
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   EXPECT_THAT(replay.live, SizeIs(10));
   EXPECT_EQ(replay.dropped_bytes, 0u);
 }
@@ -329,12 +338,10 @@ TEST_F(LeaseJournalTest, IntervalPolicyRecordsLikeTheOthers) {
   options_.fsync = LeaseJournal::FsyncPolicy::kInterval;
   options_.fsync_interval = absl::Milliseconds(1);
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     journal->ObserverFor("m")->OnGranted(Lease("a"));
   }
-  LeaseJournal::Replay replay;
-  Open(&replay);
+  const LeaseJournal::Replay replay = Open().replay;
   EXPECT_THAT(Ids(replay), ElementsAre("a"));
 }
 
@@ -490,15 +497,13 @@ TEST_F(LeaseJournalTest, ControllerLeasesSurviveThroughTheJournal) {
   FakeClock clock(kNow);
   std::string kept;
   {
-    LeaseJournal::Replay replay;
-    auto journal = Open(&replay);
+    auto [journal, replay] = Open();
     auto c = MakeController(&clock, journal->ObserverFor("m"));
     kept = AdmitNow(*c, Ticket("kept", 300)).lease_id;
     const std::string gone = AdmitNow(*c, Ticket("gone", 300)).lease_id;
     ASSERT_TRUE(c->Release(gone).ok());
   }
-  LeaseJournal::Replay replay;
-  auto journal = Open(&replay, clock.Now());
+  auto [journal, replay] = Open(clock.Now());
   ASSERT_THAT(replay.live, SizeIs(1));
   auto c = MakeController(&clock, journal->ObserverFor("m"));
   ASSERT_TRUE(c->RestoreLease(replay.live[0].lease).ok());
