@@ -1,7 +1,7 @@
 // libFuzzer target: the Admit path a client drives with a request's bytes.
 //
 // Bytes -> kvgate.v1.AdmitRequest -> TicketFromRequest (the service's own
-// validation and estimate, plugin/admit_request.h) on llama-3-8b -> a
+// validation and estimate, plugin/server/admit_request.h) on llama-3-8b -> a
 // Controller on a FakeClock with room for a few leases. The ticket is
 // admitted three times (as sent, then as CRITICAL and SHEDDABLE copies under
 // other ids) so that leases, the queue, shedding and rejections all occur;

@@ -1,5 +1,5 @@
 // libFuzzer target: kvgated's configuration file, as text format or JSON
-// (kvgated --config), through ResolveServerConfig (plugin/config.h).
+// (kvgated --config), through ResolveServerConfig (plugin/server/config.h).
 //
 // Files the configuration names are not followed outside tests/data: a
 // model's config_path without a '/' names a file of tests/data/models (so
