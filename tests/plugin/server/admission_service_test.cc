@@ -93,10 +93,9 @@ AdmitRequest WithQueueWait(AdmitRequest r, absl::Duration wait) {
   return r;
 }
 
-// An Admit in flight on the callback API. Its state is shared with the
-// completion callback, so that a call that never completes (a failure this
-// test reports) cannot be freed under gRPC. The destructor cancels the call
-// and waits, bounded, for its completion.
+// An Admit in flight on the callback API. The destructor cancels the call
+// and waits, bounded, for its completion; a call that never completes (a
+// failure it reports) is leaked rather than freed under gRPC.
 class PendingAdmit {
  public:
   // `timeout`: the call's gRPC deadline; none by default, so that only the
@@ -104,30 +103,32 @@ class PendingAdmit {
   PendingAdmit(Admission::Stub* stub, AdmitRequest request,
                const std::string& token = "",
                absl::Duration timeout = absl::InfiniteDuration())
-      : state_(std::make_shared<State>()) {
-    state_->request = std::move(request);
+      : call_(std::make_unique<Call>()),
+        completion_(std::make_shared<Completion>()) {
+    call_->request = std::move(request);
     if (timeout != absl::InfiniteDuration()) {
-      SetDeadline(state_->context, timeout);
+      SetDeadline(call_->context, timeout);
     }
     if (!token.empty()) {
-      state_->context.AddMetadata("authorization",
-                                  absl::StrCat("Bearer ", token));
+      call_->context.AddMetadata("authorization",
+                                 absl::StrCat("Bearer ", token));
     }
-    std::shared_ptr<State> state = state_;
-    HandOff(state.get());  // the callback runs on a gRPC thread
-    stub->async()->Admit(&state->context, &state->request, &state->response,
-                         [state](grpc::Status status) {
-                           HandOffReceived(state.get());
-                           absl::MutexLock lock(&state->mu);
-                           state->status = std::move(status);
-                           state->done = true;
-                         });
+    HandOff(call_.get());  // the callback runs on a gRPC thread
+    stub->async()->Admit(
+        &call_->context, &call_->request, &call_->response,
+        [completion = completion_, raw = call_.get()](grpc::Status status) {
+          HandOffReceived(raw);
+          absl::MutexLock lock(&completion->mu);
+          completion->status = std::move(status);
+          completion->done = true;
+        });
   }
   ~PendingAdmit() {
-    state_->context.TryCancel();
+    call_->context.TryCancel();
     if (!WaitDone(kWait)) {
-      ADD_FAILURE() << "Admit '" << state_->request.request_id()
+      ADD_FAILURE() << "Admit '" << call_->request.request_id()
                     << "' not completed " << kWait << " after TryCancel";
+      call_.release();  // leaked: gRPC may still use it
     }
   }
   PendingAdmit(const PendingAdmit&) = delete;
@@ -139,35 +140,41 @@ class PendingAdmit {
   // within `wait`.
   grpc::Status Wait(absl::Duration wait = kWait) const {
     if (!WaitDone(wait)) {
-      return grpc::Status(
-          grpc::StatusCode::DEADLINE_EXCEEDED,
-          absl::StrCat("(test) no answer to Admit '",
-                       state_->request.request_id(), "' within ",
-                       absl::FormatDuration(wait)));
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          absl::StrCat("(test) no answer to Admit '",
+                                       call_->request.request_id(), "' within ",
+                                       absl::FormatDuration(wait)));
     }
-    absl::MutexLock lock(&state_->mu);
-    return state_->status;
+    absl::MutexLock lock(&completion_->mu);
+    return completion_->status;
   }
-  void Cancel() { state_->context.TryCancel(); }
+  void Cancel() { call_->context.TryCancel(); }
   // Only after Wait() returned the call's own status.
-  const AdmitResponse& response() const { return state_->response; }
+  const AdmitResponse& response() const { return call_->response; }
 
  private:
-  struct State {
+  // What gRPC writes to. Owned here, not by the callback: a ClientContext
+  // must not be destroyed inside gRPC, with the callback.
+  struct Call {
     grpc::ClientContext context;
     AdmitRequest request;
     AdmitResponse response;
+  };
+  // What the callback shares with this object.
+  struct Completion {
     absl::Mutex mu;
     bool done ABSL_GUARDED_BY(mu) = false;
     grpc::Status status ABSL_GUARDED_BY(mu);
   };
 
   bool WaitDone(absl::Duration wait) const {
-    absl::MutexLock lock(&state_->mu);
-    return state_->mu.AwaitWithTimeout(absl::Condition(&state_->done), wait);
+    absl::MutexLock lock(&completion_->mu);
+    return completion_->mu.AwaitWithTimeout(absl::Condition(&completion_->done),
+                                            wait);
   }
 
-  std::shared_ptr<State> state_;
+  std::unique_ptr<Call> call_;
+  std::shared_ptr<Completion> completion_;
 };
 
 // How to set the service up for one test.
