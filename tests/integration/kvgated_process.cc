@@ -427,7 +427,15 @@ absl::StatusOr<std::vector<std::string>> ReflectionListServices(
   c->cq.Shutdown();
   void* tag = nullptr;
   bool drained_ok = false;
-  while (c->cq.Next(&tag, &drained_ok)) {  // every tag has completed
+  grpc::CompletionQueue::NextStatus next;
+  while ((next = c->cq.AsyncNext(&tag, &drained_ok, give_up)) ==
+         grpc::CompletionQueue::NextStatus::GOT_EVENT) {
+  }
+  if (next != grpc::CompletionQueue::NextStatus::SHUTDOWN) {
+    ADD_FAILURE() << "(test) reflection call's queue not drained "
+                  << kCompletionGrace << " past its deadline";
+    c.release();  // leaked: gRPC may still use it
+    return absl::DeadlineExceededError("(test) reflection call hung");
   }
   if (!c->status.ok()) return FromGrpc(c->status);
   if (!ok || !read) return absl::UnknownError("reflection stream failed");
