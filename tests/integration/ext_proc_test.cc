@@ -7,7 +7,7 @@
 //
 // The pool serves the gpt2 preset with a capacity of exactly two requests of
 // one shape (100 prompt tokens + 28 new tokens), whose bytes come from the
-// server's own Estimate RPC.
+// server's own Estimate RPC (KvgatedTest, in kvgated_process.h).
 #include <deque>
 #include <memory>
 #include <optional>
@@ -36,10 +36,7 @@ using envoy::service::ext_proc::v3::ProcessingRequest;
 using envoy::service::ext_proc::v3::ProcessingResponse;
 using kvgate::v1::Admission;
 
-constexpr char kModel[] = "gpt2";
-constexpr uint32_t kPromptTokens = 100;
-constexpr uint32_t kMaxNewTokens = 28;
-constexpr absl::Duration kWait = absl::Seconds(5);
+constexpr absl::Duration kWait = kRpcTimeout;
 
 // An ext_proc stream as Envoy holds it: messages go out in order, answers
 // are collected as they arrive.
@@ -56,7 +53,9 @@ class EnvoyStream final
   ~EnvoyStream() override {
     context_.TryCancel();
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Seconds(10));
+    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Seconds(10))) {
+      ADD_FAILURE() << "(test) ext_proc stream not done 10 s after TryCancel";
+    }
   }
 
   void Send(const ProcessingRequest& request) {
@@ -207,87 +206,31 @@ const std::vector<std::pair<std::string, std::string>> kChatHeaders = {
     {"x-kvgate-prompt-tokens", absl::StrCat(kPromptTokens)},
     {"x-kvgate-tenant", "tenant-a"}};
 
-struct ShapeBytes {
-  uint64_t kv = 0;
-  uint64_t activation = 0;
-  uint64_t weights = 0;
-  uint64_t total() const { return kv + activation; }
-};
-
-class ExtProcTest : public ::testing::Test {
+class ExtProcTest : public KvgatedTest {
  protected:
-  static void SetUpTestSuite() {
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    options.address = UniqueUnixAddress("extproc_probe");
-    const std::string config = WriteTempFile(
-        "_probe.txtpb",
-        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" }\n"));
-    options.args = {"--config=" + config, "--grpc_address=" + options.address};
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto stub = Admission::NewStub((*server)->NewChannel());
-    kvgate::v1::EstimateRequest request;
-    request.set_model(kModel);
-    request.add_sequences()->set_prompt_tokens(kPromptTokens);
-    request.mutable_sequences(0)->set_max_new_tokens(kMaxNewTokens);
-    kvgate::v1::EstimateResponse estimate;
-    grpc::ClientContext context;
-    ASSERT_TRUE(stub->Estimate(&context, request, &estimate).ok());
-    shape_ = {estimate.kv_cache_bytes(), estimate.activation_bytes(),
-              estimate.weights_bytes()};
-    std::remove(config.c_str());
-  }
-
   // kvgated with room for exactly two requests; ext_proc on its own socket.
-  void StartServer(const std::string& ext_proc_extra = "",
-                   const std::string& queue = "") {
-    ASSERT_GT(shape_.kv, 0u);
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    options.address = UniqueUnixAddress("extproc_main");
+  void StartWithExtProc(const std::string& ext_proc_extra = "",
+                        const std::string& queue = "") {
     const std::string ext_proc_address = UniqueUnixAddress("extproc_envoy");
-    const uint64_t capacity = 2 * shape_.kv + shape_.activation;
-    config_ = WriteTempFile(
-        ".txtpb",
-        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" ",
-                     "gpu_memory_utilization: 1.0 }\n",
-                     "memory_source { static_source { memory_bytes: ",
-                     shape_.weights + capacity, " } }\n",
-                     "lease_ttl { seconds: 60 }\n", queue,
-                     "ext_proc { default_max_tokens: ", kMaxNewTokens,
-                     " max_body_bytes: 4096 ", ext_proc_extra, " }\n"));
-    options.args = {"--config=" + config_, "--grpc_address=" + options.address,
-                    "--ext_proc_address=" + ext_proc_address};
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    admission_ = Admission::NewStub(server_->NewChannel());
+    StartServer(ServerOptions(
+        PoolConfig(
+            shape().CapacityFor(2),
+            absl::StrCat("lease_ttl { seconds: 60 }\n", queue,
+                         "ext_proc { default_max_tokens: ", kMaxNewTokens,
+                         " max_body_bytes: 4096 ", ext_proc_extra, " }\n")),
+        UniqueUnixAddress("extproc_main"),
+        {"--ext_proc_address=" + ext_proc_address}));
+    if (HasFatalFailure()) return;
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
     envoy_channel_ = grpc::CreateCustomChannel(
         ext_proc_address, grpc::InsecureChannelCredentials(), args);
     ASSERT_TRUE(envoy_channel_->WaitForConnected(
-        absl::ToChronoTime(absl::Now() + kWait)));
+        absl::ToChronoTime(absl::Now() + kWait)))
+        << "ext_proc socket not connected within " << kWait;
     ext_proc_ = ExternalProcessor::NewStub(envoy_channel_);
   }
 
-  void TearDown() override {
-    server_.reset();
-    if (!config_.empty()) std::remove(config_.c_str());
-  }
-
-  kvgate::v1::Budget GetBudget() {
-    kvgate::v1::GetBudgetRequest request;
-    request.set_model(kModel);
-    kvgate::v1::Budget budget;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
-    EXPECT_TRUE(admission_->GetBudget(&context, request, &budget).ok());
-    return budget;
-  }
   // Polls until the budget reports `reserved` bytes (release runs just after
   // the answer is sent, so a test may see the answer first).
   uint64_t AwaitReserved(uint64_t reserved) {
@@ -310,27 +253,11 @@ class ExtProcTest : public ::testing::Test {
   }
 
   // Takes one request's worth of budget through the Admission service.
-  std::string AdmitDirect(const std::string& id) {
-    kvgate::v1::AdmitRequest request;
-    request.set_request_id(id);
-    request.set_model(kModel);
-    auto* s = request.add_sequences();
-    s->set_prompt_tokens(kPromptTokens);
-    s->set_max_new_tokens(kMaxNewTokens);
-    kvgate::v1::AdmitResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
-    EXPECT_TRUE(admission_->Admit(&context, request, &response).ok());
-    EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED);
-    return response.lease_id();
-  }
+  std::string AdmitDirect(const std::string& id) { return AdmitOrFail(id); }
   void ReleaseDirect(const std::string& lease) {
-    kvgate::v1::ReleaseRequest request;
-    request.set_lease_id(lease);
-    kvgate::v1::ReleaseResponse response;
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
-    EXPECT_TRUE(admission_->Release(&context, request, &response).ok());
+    uint64_t released = 0;
+    const grpc::Status status = Release(lease, &released);
+    EXPECT_TRUE(status.ok()) << status.error_message();
   }
 
   // Sends headers and the whole body (BUFFERED mode) and expects the headers
@@ -351,7 +278,7 @@ class ExtProcTest : public ::testing::Test {
     const HeaderMutation& m = r->request_body().response().header_mutation();
     EXPECT_EQ(Header(m, "x-kvgate-decision"), "ADMITTED");
     EXPECT_EQ(Header(m, "x-kvgate-reserved-bytes"),
-              absl::StrCat(shape_.total()));
+              absl::StrCat(shape().total));
   }
 
   // Envoy passes the upstream's streamed (SSE) response: headers, then
@@ -393,19 +320,13 @@ class ExtProcTest : public ::testing::Test {
     return body;
   }
 
-  static ShapeBytes shape_;
-  std::string config_;
-  std::unique_ptr<KvgatedProcess> server_;
-  std::unique_ptr<Admission::Stub> admission_;
   std::shared_ptr<grpc::Channel> envoy_channel_;
   std::unique_ptr<ExternalProcessor::Stub> ext_proc_;
   envoy::service::ext_proc::v3::ImmediateResponse last_immediate_;
 };
 
-ShapeBytes ExtProcTest::shape_;
-
 TEST_F(ExtProcTest, ChunkedBodyIsAdmittedAndLeaseReleasedAtEndOfStream) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   stream.Send(RequestHeaders("POST", "/v1/chat/completions", kChatHeaders));
   std::optional<ProcessingResponse> r = stream.Next();
@@ -430,7 +351,7 @@ TEST_F(ExtProcTest, ChunkedBodyIsAdmittedAndLeaseReleasedAtEndOfStream) {
     EXPECT_FALSE(r->request_body().response().has_header_mutation());
   }
   ExpectAdmitted(stream);
-  EXPECT_EQ(GetBudget().reserved_bytes(), shape_.total());
+  EXPECT_EQ(GetBudget().reserved_bytes(), shape().total);
   EXPECT_EQ(GetBudget().active_leases(), 1u);
 
   StreamResponse(stream, 2, /*finish=*/false);
@@ -447,7 +368,7 @@ TEST_F(ExtProcTest, ChunkedBodyIsAdmittedAndLeaseReleasedAtEndOfStream) {
 }
 
 TEST_F(ExtProcTest, BufferedBodyAndBodilessResponseReleaseTheLease) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   SendChat(stream);
   ExpectAdmitted(stream);
@@ -462,7 +383,7 @@ TEST_F(ExtProcTest, BufferedBodyAndBodilessResponseReleaseTheLease) {
 }
 
 TEST_F(ExtProcTest, HeldWhileMemoryIsShortThenForwarded) {
-  StartServer();
+  StartWithExtProc();
   const std::string a = AdmitDirect("fill-a");
   const std::string b = AdmitDirect("fill-b");
   EnvoyStream stream(ext_proc_.get());
@@ -485,7 +406,7 @@ TEST_F(ExtProcTest, HeldWhileMemoryIsShortThenForwarded) {
 }
 
 TEST_F(ExtProcTest, QueueTimeoutIs429WithRetryAfter) {
-  StartServer("max_hold { nanos: 300000000 }");
+  StartWithExtProc("max_hold { nanos: 300000000 }");
   const std::string a = AdmitDirect("fill-a");
   const std::string b = AdmitDirect("fill-b");
   EnvoyStream stream(ext_proc_.get());
@@ -509,7 +430,7 @@ TEST_F(ExtProcTest, QueueTimeoutIs429WithRetryAfter) {
 }
 
 TEST_F(ExtProcTest, BodyThatIsNotJsonIs400) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   SendChat(stream, "model=gpt2&prompt=hello");
   ExpectImmediate(stream, 400, "INVALID_REQUEST");
@@ -517,7 +438,7 @@ TEST_F(ExtProcTest, BodyThatIsNotJsonIs400) {
 }
 
 TEST_F(ExtProcTest, MissingModelIs400) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   SendChat(stream, R"({"messages":[{"role":"user","content":"hi"}]})");
   const nlohmann::json body = ExpectImmediate(stream, 400, "INVALID_REQUEST");
@@ -526,14 +447,14 @@ TEST_F(ExtProcTest, MissingModelIs400) {
 }
 
 TEST_F(ExtProcTest, UnknownModelIs404) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   SendChat(stream, ChatBody("no-such-model"));
   ExpectImmediate(stream, 404, "MODEL_NOT_FOUND");
 }
 
 TEST_F(ExtProcTest, BodyOverTheLimitIs413) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   stream.Send(RequestHeaders("POST", "/v1/completions", kChatHeaders));
   ASSERT_TRUE(stream.Next().has_value());
@@ -546,7 +467,7 @@ TEST_F(ExtProcTest, BodyOverTheLimitIs413) {
 TEST_F(ExtProcTest, PromptSizeFromTextAndDefaultMaxTokens) {
   // 400 bytes of prompt at 4 bytes per token = 100 tokens; no max_tokens:
   // the configured default of 28. Same shape as the token-header requests.
-  StartServer("bytes_per_token: 4.0");
+  StartWithExtProc("bytes_per_token: 4.0");
   EnvoyStream stream(ext_proc_.get());
   stream.Send(RequestHeaders("POST", "/v1/completions"));
   ASSERT_TRUE(stream.Next().has_value());
@@ -561,7 +482,7 @@ TEST_F(ExtProcTest, PromptSizeFromTextAndDefaultMaxTokens) {
 }
 
 TEST_F(ExtProcTest, ClientAbortMidStreamReleasesTheLease) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   SendChat(stream);
   ExpectAdmitted(stream);
@@ -576,7 +497,7 @@ TEST_F(ExtProcTest, ClientAbortMidStreamReleasesTheLease) {
 }
 
 TEST_F(ExtProcTest, AbortWhileHeldLeavesTheQueue) {
-  StartServer();
+  StartWithExtProc();
   const std::string a = AdmitDirect("fill-a");
   const std::string b = AdmitDirect("fill-b");
   {
@@ -596,8 +517,8 @@ TEST_F(ExtProcTest, AbortWhileHeldLeavesTheQueue) {
 TEST_F(ExtProcTest, ConcurrentStreamsShareTheBudget) {
   // The queue may hold two requests' bytes (its default bound is the
   // capacity, which the second would exceed).
-  StartServer("",
-              absl::StrCat("queue { max_bytes: ", 4 * shape_.total(), " }\n"));
+  StartWithExtProc(
+      "", absl::StrCat("queue { max_bytes: ", 4 * shape().total, " }\n"));
   std::vector<std::unique_ptr<EnvoyStream>> streams;
   // Two fit; the next two are held. Each body is sent once the previous
   // stream has its answer, so the order is known.
@@ -626,7 +547,7 @@ TEST_F(ExtProcTest, ConcurrentStreamsShareTheBudget) {
 }
 
 TEST_F(ExtProcTest, UngatedRequestsPassThroughWithoutALease) {
-  StartServer();
+  StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());
   stream.Send(RequestHeaders("GET", "/v1/models", {}, /*end_of_stream=*/true));
   std::optional<ProcessingResponse> r = stream.Next();

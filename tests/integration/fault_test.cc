@@ -12,10 +12,12 @@
 //
 // Pools serve the gpt2 preset at gpu_memory_utilization 1.0 on a device
 // sized so that the capacity is an exact multiple of one request shape,
-// whose bytes come from the server's own Estimate (as in kvgated_test.cc).
-// Faults already covered by kvgated_test.cc are not repeated: a missing NVML
-// library, free memory under the margin, release twice, one cancel while
-// queued, SIGTERM answering the queue DRAINING.
+// whose bytes come from the server's own Estimate (KvgatedTest, in
+// kvgated_process.h).
+// Faults already covered elsewhere are not repeated: a missing NVML library,
+// free memory under the margin and SIGTERM answering the queue DRAINING
+// (kvgated_test.cc); release twice and one cancel while queued
+// (tests/plugin/server/admission_service_test.cc, in-process).
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -60,27 +62,7 @@ using kvgate::v1::AdmitResponse;
 using kvgate::v1::Budget;
 using ::testing::HasSubstr;
 
-constexpr char kModel[] = "gpt2";
-constexpr uint32_t kPromptTokens = 100;
-constexpr uint32_t kMaxNewTokens = 28;
-constexpr absl::Duration kRpcTimeout = absl::Seconds(5);
 constexpr uint64_t kGiB = uint64_t{1} << 30;
-
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
-
-AdmitRequest Request(const std::string& request_id) {
-  AdmitRequest r;
-  r.set_request_id(request_id);
-  r.set_model(kModel);
-  r.set_tenant("tenant-a");
-  r.set_priority(kvgate::v1::STANDARD);
-  kvgate::v1::Sequence* s = r.add_sequences();
-  s->set_prompt_tokens(kPromptTokens);
-  s->set_max_new_tokens(kMaxNewTokens);
-  return r;
-}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -102,42 +84,6 @@ std::vector<nlohmann::json> LogRecords(const std::string& stderr_text,
   return out;
 }
 
-// GET /metrics from 127.0.0.1:port over a plain socket; the body.
-std::string ScrapeMetrics(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    if (write(fd, request.data(), request.size()) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[8192];
-      ssize_t n;
-      while ((n = read(fd, buffer, sizeof(buffer))) > 0) {
-        response.append(buffer, static_cast<size_t>(n));
-      }
-    }
-  }
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
-}
-
-// The value of the series `series` (name and labels exactly as exposed);
-// -1 when absent.
-double MetricValue(const std::string& body, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(body, '\n')) {
-    if (!absl::StartsWith(line, series + " ")) continue;
-    double value = 0;
-    if (absl::SimpleAtod(line.substr(series.size() + 1), &value)) return value;
-  }
-  return -1;
-}
-
 // Kilobytes of resident memory of `pid` (VmRSS); 0 when unreadable.
 uint64_t RssKiB(pid_t pid) {
   const std::string status = ReadFile(absl::StrCat("/proc/", pid, "/status"));
@@ -151,47 +97,12 @@ uint64_t RssKiB(pid_t pid) {
   return 0;
 }
 
-struct ShapeBytes {
-  uint64_t kv = 0;
-  uint64_t activation = 0;
-  uint64_t total = 0;
-  uint64_t weights = 0;
-  uint64_t CapacityFor(uint64_t n) const { return n * kv + activation; }
-  // Reserved bytes of `n` live leases of this shape.
-  uint64_t ReservedFor(uint64_t n) const {
-    return n == 0 ? 0 : n * kv + activation;
-  }
-};
-
-class FaultTest : public ::testing::Test {
+// Each test gets a state directory of its own (for the lease journal).
+class FaultTest : public KvgatedTest {
  protected:
-  static void SetUpTestSuite() {
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    options.address = UniqueUnixAddress("fault_probe");
-    const std::string config = WriteTempFile(
-        "_probe.txtpb",
-        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" }\n"));
-    options.args = {"--config=" + config, "--grpc_address=" + options.address};
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto stub = Admission::NewStub((*server)->NewChannel());
-    kvgate::v1::EstimateRequest request;
-    request.set_model(kModel);
-    *request.add_sequences() = Request("probe").sequences(0);
-    kvgate::v1::EstimateResponse estimate;
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    const grpc::Status status = stub->Estimate(&context, request, &estimate);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    shape_ = ShapeBytes{estimate.kv_cache_bytes(), estimate.activation_bytes(),
-                        estimate.total_bytes(), estimate.weights_bytes()};
-    std::remove(config.c_str());
-  }
-
   void SetUp() override {
-    ASSERT_GT(shape_.total, 0u) << "the Estimate probe failed";
+    KvgatedTest::SetUp();
+    if (HasFatalFailure()) return;
     const ::testing::TestInfo* test =
         ::testing::UnitTest::GetInstance()->current_test_info();
     state_dir_ = absl::StrCat(::testing::TempDir(), "kvgate_fault_",
@@ -200,119 +111,16 @@ class FaultTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    stub_.reset();
-    server_.reset();
-    for (const std::string& path : temp_files_) std::remove(path.c_str());
-    std::system(absl::StrCat("rm -rf '", state_dir_, "'").c_str());
-  }
-
-  // Config text for a pool of exactly `capacity` bytes, then `extra`.
-  std::string PoolConfig(uint64_t capacity, const std::string& extra = "") {
-    return absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" ",
-                        "gpu_memory_utilization: 1.0 }\n",
-                        "memory_source { static_source { memory_bytes: ",
-                        shape_.weights + capacity, " } }\n", extra);
-  }
-
-  KvgatedProcess::Options ServerOptions(
-      const std::string& config_text,
-      std::vector<std::string> extra_args = {}) {
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    options.address = UniqueUnixAddress("fault");
-    temp_files_.push_back(WriteTempFile(".txtpb", config_text));
-    options.args = {"--config=" + temp_files_.back(),
-                    "--grpc_address=" + options.address};
-    for (std::string& a : extra_args) options.args.push_back(std::move(a));
-    return options;
-  }
-
-  void Start(const KvgatedProcess::Options& options) {
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    stub_ = Admission::NewStub(server_->NewChannel());
-  }
-
-  grpc::Status Admit(const AdmitRequest& request, AdmitResponse* response) {
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    return stub_->Admit(&context, request, response);
-  }
-
-  std::string AdmitOrFail(const std::string& request_id) {
-    AdmitResponse response;
-    const grpc::Status status = Admit(Request(request_id), &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED)
-        << response.ShortDebugString();
-    return response.lease_id();
-  }
-
-  // An Admit that may wait at most `wait` in the queue.
-  AdmitResponse AdmitWaiting(const std::string& request_id,
-                             absl::Duration wait) {
-    AdmitRequest request = Request(request_id);
-    request.mutable_max_queue_wait()->set_nanos(
-        static_cast<int32_t>(absl::ToInt64Nanoseconds(wait)));
-    AdmitResponse response;
-    const grpc::Status status = Admit(request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response;
-  }
-
-  grpc::Status Release(const std::string& lease_id, uint64_t* released) {
-    kvgate::v1::ReleaseRequest request;
-    request.set_lease_id(lease_id);
-    kvgate::v1::ReleaseResponse response;
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    const grpc::Status status = stub_->Release(&context, request, &response);
-    *released = response.released_bytes();
-    return status;
-  }
-
-  grpc::Status Renew(const std::string& lease_id) {
-    kvgate::v1::RenewRequest request;
-    request.set_lease_id(lease_id);
-    kvgate::v1::RenewResponse response;
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    return stub_->Renew(&context, request, &response);
-  }
-
-  Budget GetBudget() {
-    kvgate::v1::GetBudgetRequest request;
-    request.set_model(kModel);
-    Budget budget;
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    const grpc::Status status = stub_->GetBudget(&context, request, &budget);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return budget;
-  }
-
-  // Kills the server with SIGKILL (no drain, no destructor).
-  void Kill9() {
-    absl::StatusOr<KvgatedProcess::Exit> exit =
-        server_->SignalAndWait(SIGKILL, absl::Seconds(5));
-    ASSERT_TRUE(exit.ok()) << exit.status();
-    EXPECT_EQ(exit->code, 128 + SIGKILL);
-    stub_.reset();
-    server_.reset();
+    KvgatedTest::TearDown();
+    if (!state_dir_.empty()) {
+      std::system(absl::StrCat("rm -rf '", state_dir_, "'").c_str());
+    }
   }
 
   std::string journal_path() const { return state_dir_ + "/leases.journal"; }
 
-  static ShapeBytes shape_;
   std::string state_dir_;
-  std::unique_ptr<KvgatedProcess> server_;
-  std::unique_ptr<Admission::Stub> stub_;
-  std::vector<std::string> temp_files_;
 };
-
-ShapeBytes FaultTest::shape_;
 
 // ---------------------------------------------------------------------------
 // Crash recovery.
@@ -325,9 +133,9 @@ TEST_F(FaultTest, KillNineUnderLoadRestoresLiveLeasesFromTheJournal) {
   constexpr int kCapacity = 8;
   constexpr int kKept = 5;
   const KvgatedProcess::Options options = ServerOptions(
-      PoolConfig(shape_.CapacityFor(kCapacity), "lease_ttl { seconds: 60 }"),
-      {"--state_dir=" + state_dir_});
-  Start(options);
+      PoolConfig(shape().CapacityFor(kCapacity), "lease_ttl { seconds: 60 }"),
+      /*address=*/"", {"--state_dir=" + state_dir_});
+  StartServer(options);
   std::vector<std::string> kept;
   for (int i = 0; i < kKept; ++i) {
     kept.push_back(AdmitOrFail(absl::StrCat("kept-", i)));
@@ -359,18 +167,27 @@ TEST_F(FaultTest, KillNineUnderLoadRestoresLiveLeasesFromTheJournal) {
       cycles.fetch_add(1);
     }
   });
-  while (cycles.load() < 50) absl::SleepFor(absl::Milliseconds(1));
+  // Kill once the load has run a while; bounded, since the load thread
+  // stops at its first failed call.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (cycles.load() < 50 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  const int cycles_before_kill = cycles.load();
   Kill9();
   stop.store(true);
-  load.join();
+  load.join();  // each of its calls has a 1 s deadline
+  ASSERT_GE(cycles_before_kill, 50)
+      << "the load made only " << cycles_before_kill
+      << " admit/release cycles in 10 s before the kill";
 
-  Start(options);
+  StartServer(options);
   const Budget budget = GetBudget();
   // The load lease of the moment may or may not have been released.
   EXPECT_GE(budget.active_leases(), static_cast<uint32_t>(kKept));
   EXPECT_LE(budget.active_leases(), static_cast<uint32_t>(kKept + 1));
   EXPECT_EQ(budget.reserved_bytes(),
-            shape_.ReservedFor(budget.active_leases()));
+            shape().ReservedFor(budget.active_leases()));
   const std::vector<nlohmann::json> replayed =
       LogRecords(server_->Stderr(), "lease journal replayed");
   ASSERT_EQ(replayed.size(), 1u) << server_->Stderr();
@@ -387,7 +204,7 @@ TEST_F(FaultTest, KillNineUnderLoadRestoresLiveLeasesFromTheJournal) {
   // The engine releases a lease of the killed kvgated by its old id.
   uint64_t released = 0;
   ASSERT_TRUE(Release(kept[0], &released).ok());
-  EXPECT_EQ(released, shape_.total);  // its own kv + activation bytes
+  EXPECT_EQ(released, shape().total);  // its own kv + activation bytes
   ASSERT_TRUE(Release(kept[0], &released).ok());
   EXPECT_EQ(released, 0u);
   ASSERT_TRUE(Renew(kept[1]).ok());
@@ -401,10 +218,10 @@ TEST_F(FaultTest, KillNineUnderLoadRestoresLiveLeasesFromTheJournal) {
 // last record are both dropped, logged with their size, and cut away.
 TEST_F(FaultTest, TornOrCorruptJournalTailIsDroppedAndLogged) {
   const KvgatedProcess::Options options = ServerOptions(
-      PoolConfig(shape_.CapacityFor(4),
+      PoolConfig(shape().CapacityFor(4),
                  absl::StrCat("lease_journal { state_dir: \"", state_dir_,
                               "\" fsync: \"always\" }")));
-  Start(options);
+  StartServer(options);
   AdmitOrFail("a");
   AdmitOrFail("b");
   AdmitOrFail("c");
@@ -417,7 +234,7 @@ TEST_F(FaultTest, TornOrCorruptJournalTailIsDroppedAndLogged) {
       truncate(journal_path().c_str(), static_cast<off_t>(journal.size() - 5)),
       0);
   const size_t torn_line = journal.rfind('\n', journal.size() - 2) + 1;
-  Start(options);
+  StartServer(options);
   EXPECT_EQ(GetBudget().active_leases(), 2u);
   std::vector<nlohmann::json> dropped = LogRecords(
       server_->Stderr(), "lease journal: dropped a torn or corrupt tail");
@@ -432,9 +249,9 @@ TEST_F(FaultTest, TornOrCorruptJournalTailIsDroppedAndLogged) {
     std::ofstream out(journal_path(), std::ios::binary | std::ios::app);
     out << std::string("\x00\x01garbage not a record\n\xff\xfe", 26);
   }
-  Start(options);
+  StartServer(options);
   EXPECT_EQ(GetBudget().active_leases(), 2u);
-  EXPECT_EQ(GetBudget().reserved_bytes(), shape_.ReservedFor(2));
+  EXPECT_EQ(GetBudget().reserved_bytes(), shape().ReservedFor(2));
   dropped = LogRecords(server_->Stderr(),
                        "lease journal: dropped a torn or corrupt tail");
   ASSERT_EQ(dropped.size(), 1u) << server_->Stderr();
@@ -446,9 +263,9 @@ TEST_F(FaultTest, TornOrCorruptJournalTailIsDroppedAndLogged) {
 // leases, so the next kvgated restores them.
 TEST_F(FaultTest, SigtermExitsZeroAndTheRestartKeepsTheLeases) {
   const KvgatedProcess::Options options = ServerOptions(
-      PoolConfig(shape_.CapacityFor(4), "lease_ttl { seconds: 60 }"),
-      {"--state_dir=" + state_dir_});
-  Start(options);
+      PoolConfig(shape().CapacityFor(4), "lease_ttl { seconds: 60 }"),
+      /*address=*/"", {"--state_dir=" + state_dir_});
+  StartServer(options);
   const std::string a = AdmitOrFail("a");
   AdmitOrFail("b");
   absl::StatusOr<KvgatedProcess::Exit> exit =
@@ -458,18 +275,19 @@ TEST_F(FaultTest, SigtermExitsZeroAndTheRestartKeepsTheLeases) {
   stub_.reset();
   server_.reset();
 
-  Start(options);
+  StartServer(options);
   EXPECT_EQ(GetBudget().active_leases(), 2u);
   uint64_t released = 0;
   ASSERT_TRUE(Release(a, &released).ok());
-  EXPECT_EQ(released, shape_.total);
+  EXPECT_EQ(released, shape().total);
 }
 
 TEST_F(FaultTest, SecondKvgatedOnTheSameStateDirFailsClearly) {
-  Start(ServerOptions(PoolConfig(shape_.CapacityFor(1)),
-                      {"--state_dir=" + state_dir_}));
-  KvgatedProcess::Options second = ServerOptions(
-      PoolConfig(shape_.CapacityFor(1)), {"--state_dir=" + state_dir_});
+  StartServer(ServerOptions(PoolConfig(shape().CapacityFor(1)),
+                            /*address=*/"", {"--state_dir=" + state_dir_}));
+  KvgatedProcess::Options second =
+      ServerOptions(PoolConfig(shape().CapacityFor(1)), /*address=*/"",
+                    {"--state_dir=" + state_dir_});
   absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(second);
   ASSERT_TRUE(exit.ok()) << exit.status();
   EXPECT_NE(exit->code, 0);
@@ -482,14 +300,14 @@ TEST_F(FaultTest, SecondKvgatedOnTheSameStateDirFailsClearly) {
 TEST_F(FaultTest, NeverReleasedLeaseIsReclaimedByTtlAndCounted) {
   absl::StatusOr<int> port = FreeTcpPort();
   ASSERT_TRUE(port.ok()) << port.status();
-  Start(ServerOptions(
-      PoolConfig(shape_.CapacityFor(2), "lease_ttl { seconds: 1 }"),
-      {absl::StrCat("--metrics_address=127.0.0.1:", *port)}));
+  StartServer(ServerOptions(
+      PoolConfig(shape().CapacityFor(2), "lease_ttl { seconds: 1 }"),
+      /*address=*/"", {absl::StrCat("--metrics_address=127.0.0.1:", *port)}));
   const std::string series =
       absl::StrCat("kvgate_lease_expirations_total{model=\"", kModel, "\"}");
   EXPECT_EQ(MetricValue(ScrapeMetrics(*port), series), 0);
   const std::string lease = AdmitOrFail("forgotten");
-  EXPECT_EQ(GetBudget().reserved_bytes(), shape_.total);
+  EXPECT_EQ(GetBudget().reserved_bytes(), shape().total);
 
   const absl::Time give_up = absl::Now() + absl::Seconds(5);
   while (GetBudget().active_leases() > 0 && absl::Now() < give_up) {
@@ -508,7 +326,8 @@ TEST_F(FaultTest, NeverReleasedLeaseIsReclaimedByTtlAndCounted) {
 }
 
 // ---------------------------------------------------------------------------
-// NVML faults, against the fake libnvidia-ml (tests/plugin/memory/fake_nvml.cc).
+// NVML faults, against the fake libnvidia-ml
+// (tests/plugin/memory/fake_nvml.cc).
 
 constexpr char kGpu[] = "GPU-11111111-2222-3333-4444-555555555555";
 
@@ -541,9 +360,10 @@ class NvmlFaultTest : public FaultTest {
             "memory_source { nvml { library_path: \"", KVGATE_FAKE_NVML_PATH,
             "\" ", "poll_interval { nanos: 20000000 } free_margin_bytes: ",
             kGiB, " fail_open: ", fail_open ? "true" : "false", " } }\n"),
+        /*address=*/"",
         {absl::StrCat("--metrics_address=127.0.0.1:", metrics_port_)});
     options.env = {{"KVGATE_FAKE_NVML_SCRIPT", script_}};
-    Start(options);
+    StartServer(options);
   }
 
   // Admits until the answer is REJECTED (then returns it) or `timeout`;
@@ -705,9 +525,17 @@ class OverloadRound {
     int orphans_recovered = 0;  // leases found by the retry of a lost answer
   };
 
+  // Longest wait for every call of a round to be answered and its lease
+  // released.
+  static constexpr absl::Duration kRoundTimeout = absl::Seconds(60);
+
   OverloadRound(const std::vector<std::unique_ptr<Admission::Stub>>& stubs,
                 int round)
       : stubs_(stubs), round_(round), calls_(kCalls) {}
+
+  // False when Run gave up on calls still in flight: gRPC may still use
+  // this object then, so it must not be destroyed.
+  bool finished() const { return finished_; }
 
   Figures Run() {
     std::mt19937 random(1234 + round_);
@@ -744,10 +572,30 @@ class OverloadRound {
     }
     {
       absl::MutexLock lock(&mu_);
-      auto done = [this] { return answered_ == kCalls && releasing_ == 0; };
-      mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(60));
+      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return answered_ == kCalls && releasing_ == 0;
+      };
+      finished_ = mu_.AwaitWithTimeout(absl::Condition(&done), kRoundTimeout);
+      if (!finished_) {
+        ADD_FAILURE() << "overload round " << round_ << ": " << answered_
+                      << " of " << kCalls << " Admits answered and "
+                      << releasing_ << " Releases in flight after "
+                      << kRoundTimeout << "; cancelling the rest";
+        mu_.Unlock();
+        for (Call& call : calls_) call.context.TryCancel();
+        mu_.Lock();
+        // Releases have a 30 s deadline of their own.
+        finished_ =
+            mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(40));
+        if (!finished_) {
+          ADD_FAILURE() << "overload round " << round_ << ": " << answered_
+                        << " of " << kCalls << " Admits answered and "
+                        << releasing_ << " Releases in flight even after "
+                        << "cancelling them";
+        }
+      }
     }
-    RecoverLostAnswers();
+    if (finished_) RecoverLostAnswers();
     Figures f;
     absl::MutexLock lock(&mu_);
     f = figures_;
@@ -845,6 +693,7 @@ class OverloadRound {
   const std::vector<std::unique_ptr<Admission::Stub>>& stubs_;
   const int round_;
   std::vector<Call> calls_;
+  bool finished_ = false;
   absl::Mutex mu_;
   int answered_ ABSL_GUARDED_BY(mu_) = 0;
   int releasing_ ABSL_GUARDED_BY(mu_) = 0;
@@ -856,17 +705,17 @@ TEST_F(FaultTest,
   // Room for 64 leases at once: nearly every call waits in the queue.
   const int queue_requests = 2 * OverloadRound::kCalls;
   KvgatedProcess::Options options = ServerOptions(
-      PoolConfig(shape_.CapacityFor(64),
+      PoolConfig(shape().CapacityFor(64),
                  absl::StrCat("lease_ttl { seconds: 60 }\n",
                               "queue { max_requests: ", queue_requests,
-                              " max_bytes: ", queue_requests * shape_.total,
+                              " max_bytes: ", queue_requests * shape().total,
                               " max_queue_wait { seconds: 30 } }\n")));
   // One malloc arena: glibc otherwise spreads freed memory over up to eight
   // arenas per core, one per gRPC thread that happened to allocate, and RSS
   // then measures that spread (it grew about 120 MiB over 8 rounds with
   // default arenas, and under 0.3 MiB after round 2 with one), not kvgated.
   options.env = {{"MALLOC_ARENA_MAX", "1"}};
-  Start(options);
+  StartServer(options);
   std::vector<std::unique_ptr<Admission::Stub>> stubs;
   for (int i = 0; i < OverloadRound::kChannels; ++i) {
     grpc::ChannelArguments args;
@@ -888,7 +737,12 @@ TEST_F(FaultTest,
   int deadline_exceeded = 0;
   for (int round = 0; round < kRounds; ++round) {
     const absl::Time start = absl::Now();
-    const OverloadRound::Figures f = OverloadRound(stubs, round).Run();
+    auto overload = std::make_unique<OverloadRound>(stubs, round);
+    const OverloadRound::Figures f = overload->Run();
+    if (!overload->finished()) {
+      overload.release();  // leaked: gRPC still holds some of its calls
+      FAIL() << "overload round " << round << " did not finish";
+    }
     const Budget budget = GetBudget();
     const uint64_t rss = RssKiB(server_->pid());
     rss_kib.push_back(rss);

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,10 +19,15 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "plugin/base/handoff.h"
 
 extern char** environ;
 
@@ -139,11 +145,16 @@ absl::Status FromGrpc(const grpc::Status& s) {
                       s.error_message());
 }
 
+// Longest wait for a call that was given a deadline (or cancelled) to
+// complete past that deadline: gRPC then completes it at once, so running
+// out of this means a hung client library or server.
+constexpr absl::Duration kCompletionGrace = absl::Seconds(10);
+
+}  // namespace
+
 void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
-
-}  // namespace
 
 KvgatedProcess::KvgatedProcess(Options options, pid_t pid,
                                std::string stdout_path, std::string stderr_path)
@@ -208,7 +219,10 @@ KvgatedProcess::~KvgatedProcess() {
                     << options_.stop_timeout << "; killing it. stderr:\n"
                     << Stderr();
       kill(pid_, SIGKILL);
-      WaitForExit(absl::InfiniteDuration());
+      if (!WaitForExit(options_.stop_timeout).has_value()) {
+        ADD_FAILURE() << "kvgated (pid " << pid_ << ") still running "
+                      << options_.stop_timeout << " after SIGKILL";
+      }
     }
   }
   std::remove(stdout_path_.c_str());
@@ -301,22 +315,43 @@ std::string WriteTempFile(const std::string& suffix, const std::string& text) {
 absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
                                 const std::string& service,
                                 absl::Duration timeout) {
+  // What gRPC writes to, leaked rather than freed under gRPC should the call
+  // never complete (a failure reported below). The callback owns only the
+  // promise: were it to own the ClientContext, the context could be
+  // destroyed inside gRPC, with the callback.
+  struct Call {
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
+    grpc::ClientContext context;
+  };
+  auto call = std::make_unique<Call>();
+  auto promise = std::make_shared<std::promise<grpc::Status>>();
+  std::future<grpc::Status> done = promise->get_future();
   // HealthCheckRequest { string service = 1; }
-  const grpc::ByteBuffer request =
+  call->request =
       ToByteBuffer(service.empty() ? "" : LengthDelimited(1, service));
-  grpc::ByteBuffer response;
-  grpc::ClientContext context;
-  SetDeadline(context, timeout);
+  SetDeadline(call->context, timeout);
   grpc::GenericStub stub(channel);
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request, &response,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  const grpc::Status status = done.get_future().get();
+  HandOff(call.get());  // the callback runs on a gRPC thread
+  stub.UnaryCall(&call->context, "/grpc.health.v1.Health/Check",
+                 grpc::StubOptions(), &call->request, &call->response,
+                 [promise, raw = call.get()](grpc::Status s) {
+                   HandOffReceived(raw);
+                   promise->set_value(std::move(s));
+                 });
+  if (done.wait_for(absl::ToChronoMilliseconds(timeout + kCompletionGrace)) !=
+      std::future_status::ready) {
+    call->context.TryCancel();
+    call.release();  // leaked: gRPC may still use it
+    ADD_FAILURE() << "(test) health check not completed " << kCompletionGrace
+                  << " past its deadline";
+    return absl::DeadlineExceededError("(test) health check hung");
+  }
+  const grpc::Status status = done.get();
   if (!status.ok()) return FromGrpc(status);
   // HealthCheckResponse { ServingStatus status = 1; }; absent means 0.
   google::protobuf::UnknownFieldSet fields;
-  if (!fields.ParseFromString(FromByteBuffer(response))) {
+  if (!fields.ParseFromString(FromByteBuffer(call->response))) {
     return absl::DataLossError("unparsable HealthCheckResponse");
   }
   int serving = 0;
@@ -332,46 +367,79 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
 
 absl::StatusOr<std::vector<std::string>> ReflectionListServices(
     const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
-  grpc::CompletionQueue cq;
+  // Everything gRPC may still touch, in one object that is leaked rather
+  // than freed under gRPC should the call hang (a failure reported below).
+  struct Call {
+    grpc::CompletionQueue cq;
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    int tags[5] = {};
+  };
+  auto c = std::make_unique<Call>();
   grpc::GenericStub stub(channel);
-  grpc::ClientContext context;
-  SetDeadline(context, timeout);
-  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call = stub.PrepareCall(
-      &context,
-      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
-  if (call == nullptr) return absl::InternalError("PrepareCall failed");
-  // Each step posts one tag; wait for it in order.
-  auto step = [&cq](void* tag) {
+  SetDeadline(c->context, timeout);
+  c->stream = stub.PrepareCall(
+      &c->context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &c->cq);
+  if (c->stream == nullptr) return absl::InternalError("PrepareCall failed");
+  // Each step posts one tag; wait for it in order, no later than the call's
+  // deadline plus a grace (gRPC completes every tag by then).
+  const auto give_up =
+      absl::ToChronoTime(absl::Now() + timeout + kCompletionGrace);
+  bool hung = false;
+  auto step = [&](void* tag) {
     void* got = nullptr;
     bool ok = false;
-    return cq.Next(&got, &ok) && got == tag && ok;
+    if (hung) return false;
+    if (c->cq.AsyncNext(&got, &ok, give_up) !=
+        grpc::CompletionQueue::NextStatus::GOT_EVENT) {
+      hung = true;
+      c->context.TryCancel();
+      return false;
+    }
+    return got == tag && ok;
   };
-  int tags[5];
   // ServerReflectionRequest { string list_services = 7; }
-  const grpc::ByteBuffer request = ToByteBuffer(LengthDelimited(7, "*"));
-  grpc::ByteBuffer response;
-  grpc::Status status;
+  c->request = ToByteBuffer(LengthDelimited(7, "*"));
   bool ok = true;
-  call->StartCall(&tags[0]);
-  ok = ok && step(&tags[0]);
-  if (ok) call->Write(request, &tags[1]);
-  ok = ok && step(&tags[1]);
-  if (ok) call->WritesDone(&tags[2]);
-  ok = ok && step(&tags[2]);
+  c->stream->StartCall(&c->tags[0]);
+  ok = ok && step(&c->tags[0]);
+  if (ok) c->stream->Write(c->request, &c->tags[1]);
+  ok = ok && step(&c->tags[1]);
+  if (ok) c->stream->WritesDone(&c->tags[2]);
+  ok = ok && step(&c->tags[2]);
   bool read = false;
   if (ok) {
-    call->Read(&response, &tags[3]);
-    read = step(&tags[3]);
+    c->stream->Read(&c->response, &c->tags[3]);
+    read = step(&c->tags[3]);
   }
-  call->Finish(&status, &tags[4]);
-  step(&tags[4]);
-  cq.Shutdown();
+  c->stream->Finish(&c->status, &c->tags[4]);
+  step(&c->tags[4]);
+  if (hung) {
+    ADD_FAILURE() << "(test) reflection call not completed " << kCompletionGrace
+                  << " past its deadline";
+    c.release();  // leaked: gRPC may still use it
+    return absl::DeadlineExceededError("(test) reflection call hung");
+  }
+  c->cq.Shutdown();
   void* tag = nullptr;
   bool drained_ok = false;
-  while (cq.Next(&tag, &drained_ok)) {
+  grpc::CompletionQueue::NextStatus next;
+  while ((next = c->cq.AsyncNext(&tag, &drained_ok, give_up)) ==
+         grpc::CompletionQueue::NextStatus::GOT_EVENT) {
   }
-  if (!status.ok()) return FromGrpc(status);
+  if (next != grpc::CompletionQueue::NextStatus::SHUTDOWN) {
+    ADD_FAILURE() << "(test) reflection call's queue not drained "
+                  << kCompletionGrace << " past its deadline";
+    c.release();  // leaked: gRPC may still use it
+    return absl::DeadlineExceededError("(test) reflection call hung");
+  }
+  if (!c->status.ok()) return FromGrpc(c->status);
   if (!ok || !read) return absl::UnknownError("reflection stream failed");
+  const grpc::ByteBuffer& response = c->response;
 
   // ServerReflectionResponse { ListServiceResponse list_services_response = 6 }
   // ListServiceResponse { repeated ServiceResponse service = 1; }
@@ -397,6 +465,326 @@ absl::StatusOr<std::vector<std::string>> ReflectionListServices(
     }
   }
   return names;
+}
+
+std::string HttpGet(int port, const std::string& path, absl::Duration timeout) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  // Bounds connect, each write and each read.
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(absl::ToInt64Seconds(timeout));
+  tv.tv_usec = static_cast<suseconds_t>(
+      absl::ToInt64Microseconds(timeout - absl::Seconds(tv.tv_sec)));
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = absl::StrCat(
+        "GET ", path,
+        " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if (write(fd, request.data(), request.size()) ==
+        static_cast<ssize_t>(request.size())) {
+      const absl::Time give_up = absl::Now() + timeout;
+      char buffer[8192];
+      ssize_t n = 0;
+      while (absl::Now() < give_up &&
+             (n = read(fd, buffer, sizeof(buffer))) > 0) {
+        response.append(buffer, static_cast<size_t>(n));
+      }
+    }
+  }
+  close(fd);
+  return response;
+}
+
+std::string ScrapeMetrics(int port) {
+  const std::string response = HttpGet(port, "/metrics");
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+double MetricValue(const std::string& body, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(body, '\n')) {
+    if (!absl::StartsWith(line, series + " ")) continue;
+    double value = 0;
+    if (absl::SimpleAtod(line.substr(series.size() + 1), &value)) return value;
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------------------
+// The shared fixture.
+
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+kvgate::v1::AdmitRequest Request(const std::string& request_id, int sequences,
+                                 kvgate::v1::Priority priority,
+                                 const std::string& tenant) {
+  kvgate::v1::AdmitRequest r;
+  r.set_request_id(request_id);
+  r.set_model(kModel);
+  r.set_tenant(tenant);
+  r.set_priority(priority);
+  for (int i = 0; i < sequences; ++i) {
+    kvgate::v1::Sequence* s = r.add_sequences();
+    s->set_prompt_tokens(kPromptTokens);
+    s->set_max_new_tokens(kMaxNewTokens);
+  }
+  return r;
+}
+
+absl::StatusOr<ShapeBytes> ProbeShape(const std::string& binary) {
+  KvgatedProcess::Options options;
+  options.binary = binary;
+  options.address = UniqueUnixAddress("probe");
+  const std::string config = WriteTempFile(
+      "_probe.txtpb",
+      absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" }\n"));
+  options.args = {"--config=" + config, "--grpc_address=" + options.address};
+  absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
+      KvgatedProcess::Start(options);
+  std::remove(config.c_str());
+  if (!server.ok()) return server.status();
+  auto stub = kvgate::v1::Admission::NewStub((*server)->NewChannel());
+  kvgate::v1::EstimateRequest request;
+  request.set_model(kModel);
+  *request.add_sequences() = Request("probe").sequences(0);
+  kvgate::v1::EstimateResponse estimate;
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  const grpc::Status status = stub->Estimate(&context, request, &estimate);
+  if (!status.ok()) return FromGrpc(status);
+  if (estimate.kv_cache_bytes() == 0 ||
+      estimate.total_bytes() !=
+          estimate.kv_cache_bytes() + estimate.activation_bytes()) {
+    return absl::InternalError(
+        absl::StrCat("odd estimate: ", estimate.ShortDebugString()));
+  }
+  return ShapeBytes{estimate.kv_cache_bytes(), estimate.activation_bytes(),
+                    estimate.total_bytes(), estimate.weights_bytes()};
+}
+
+// What the completion callback shares with the PendingAdmit.
+struct PendingAdmit::Completion {
+  absl::Mutex mu;
+  bool done ABSL_GUARDED_BY(mu) = false;
+  grpc::Status status ABSL_GUARDED_BY(mu);
+};
+
+// What gRPC writes to: owned by the PendingAdmit, not by the callback (a
+// ClientContext must not be destroyed inside gRPC, with the callback).
+struct PendingAdmit::Call {
+  grpc::ClientContext context;
+  kvgate::v1::AdmitRequest request;
+  kvgate::v1::AdmitResponse response;
+};
+
+PendingAdmit::PendingAdmit(kvgate::v1::Admission::Stub* stub,
+                           kvgate::v1::AdmitRequest request,
+                           absl::Duration timeout, const std::string& token)
+    : call_(std::make_unique<Call>()),
+      completion_(std::make_shared<Completion>()) {
+  call_->request = std::move(request);
+  SetDeadline(call_->context, timeout);
+  if (!token.empty()) {
+    call_->context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+  }
+  HandOff(call_.get());  // the callback runs on a gRPC thread
+  stub->async()->Admit(
+      &call_->context, &call_->request, &call_->response,
+      [completion = completion_, raw = call_.get()](grpc::Status status) {
+        HandOffReceived(raw);
+        absl::MutexLock lock(&completion->mu);
+        completion->status = std::move(status);
+        completion->done = true;
+      });
+}
+
+PendingAdmit::~PendingAdmit() {
+  call_->context.TryCancel();
+  if (!Answered(kCompletionGrace)) {
+    ADD_FAILURE() << "(test) Admit '" << call_->request.request_id()
+                  << "' not completed " << kCompletionGrace
+                  << " after TryCancel";
+    call_.release();  // leaked: gRPC may still use it
+  }
+}
+
+bool PendingAdmit::Answered(absl::Duration wait) const {
+  absl::MutexLock lock(&completion_->mu);
+  return completion_->mu.AwaitWithTimeout(absl::Condition(&completion_->done),
+                                          wait);
+}
+
+grpc::Status PendingAdmit::Wait(absl::Duration wait) const {
+  if (!Answered(wait)) {
+    return grpc::Status(
+        grpc::StatusCode::DEADLINE_EXCEEDED,
+        absl::StrCat("(test) no answer to Admit '", call_->request.request_id(),
+                     "' within ", absl::FormatDuration(wait)));
+  }
+  absl::MutexLock lock(&completion_->mu);
+  return completion_->status;
+}
+
+void PendingAdmit::Cancel() { call_->context.TryCancel(); }
+
+const kvgate::v1::AdmitResponse& PendingAdmit::response() const {
+  return call_->response;
+}
+
+namespace {
+
+// The probe's result, once per test binary.
+const absl::StatusOr<ShapeBytes>& ProbedShape() {
+  static const absl::StatusOr<ShapeBytes>* const shape =
+      new absl::StatusOr<ShapeBytes>(ProbeShape(KVGATED_PATH));
+  return *shape;
+}
+
+}  // namespace
+
+void KvgatedTest::SetUp() {
+  ASSERT_TRUE(ProbedShape().ok())
+      << "the Estimate probe failed: " << ProbedShape().status();
+}
+
+void KvgatedTest::TearDown() {
+  // Close the client's connection first: a server being drained waits for
+  // open connections to go away.
+  stub_.reset();
+  server_.reset();
+  for (const std::string& path : temp_files_) std::remove(path.c_str());
+}
+
+const ShapeBytes& KvgatedTest::shape() { return *ProbedShape(); }
+
+std::string KvgatedTest::PoolConfig(uint64_t capacity,
+                                    const std::string& extra) {
+  return absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" ",
+                      "gpu_memory_utilization: 1.0 }\n",
+                      "memory_source { static_source { memory_bytes: ",
+                      shape().weights + capacity, " } }\n", extra);
+}
+
+KvgatedProcess::Options KvgatedTest::ServerOptions(
+    const std::string& config_text, const std::string& address,
+    const std::vector<std::string>& extra_args) {
+  KvgatedProcess::Options options;
+  options.binary = KVGATED_PATH;
+  options.address = address.empty() ? UniqueUnixAddress("kvgated") : address;
+  temp_files_.push_back(WriteTempFile(".txtpb", config_text));
+  options.args = {"--config=" + temp_files_.back(),
+                  "--grpc_address=" + options.address};
+  options.args.insert(options.args.end(), extra_args.begin(), extra_args.end());
+  return options;
+}
+
+void KvgatedTest::StartServer(const KvgatedProcess::Options& options) {
+  absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
+      KvgatedProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  stub_ = kvgate::v1::Admission::NewStub(server_->NewChannel());
+}
+
+void KvgatedTest::Kill9() {
+  absl::StatusOr<KvgatedProcess::Exit> exit =
+      server_->SignalAndWait(SIGKILL, absl::Seconds(5));
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(exit->code, 128 + SIGKILL);
+  stub_.reset();
+  server_.reset();
+}
+
+grpc::Status KvgatedTest::Admit(const kvgate::v1::AdmitRequest& request,
+                                kvgate::v1::AdmitResponse* response,
+                                const std::string& token) {
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  if (!token.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+  }
+  return stub_->Admit(&context, request, response);
+}
+
+std::string KvgatedTest::AdmitOrFail(const std::string& request_id) {
+  kvgate::v1::AdmitResponse response;
+  const grpc::Status status = Admit(Request(request_id), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED)
+      << response.ShortDebugString();
+  return response.lease_id();
+}
+
+kvgate::v1::AdmitResponse KvgatedTest::AdmitWaiting(
+    const std::string& request_id, absl::Duration wait) {
+  kvgate::v1::AdmitRequest request = Request(request_id);
+  request.mutable_max_queue_wait()->set_seconds(
+      absl::IDivDuration(wait, absl::Seconds(1), &wait));
+  request.mutable_max_queue_wait()->set_nanos(
+      static_cast<int32_t>(absl::ToInt64Nanoseconds(wait)));
+  kvgate::v1::AdmitResponse response;
+  const grpc::Status status = Admit(request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
+grpc::Status KvgatedTest::Release(const std::string& lease_id,
+                                  uint64_t* released_bytes,
+                                  const std::string& token) {
+  kvgate::v1::ReleaseRequest request;
+  request.set_lease_id(lease_id);
+  kvgate::v1::ReleaseResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  if (!token.empty()) {
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+  }
+  const grpc::Status status = stub_->Release(&context, request, &response);
+  *released_bytes = response.released_bytes();
+  return status;
+}
+
+grpc::Status KvgatedTest::Renew(const std::string& lease_id) {
+  kvgate::v1::RenewRequest request;
+  request.set_lease_id(lease_id);
+  kvgate::v1::RenewResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  return stub_->Renew(&context, request, &response);
+}
+
+kvgate::v1::Budget KvgatedTest::GetBudget() {
+  kvgate::v1::GetBudgetRequest request;
+  request.set_model(kModel);
+  kvgate::v1::Budget budget;
+  grpc::ClientContext context;
+  SetDeadline(context, kRpcTimeout);
+  const grpc::Status status = stub_->GetBudget(&context, request, &budget);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return budget;
+}
+
+bool KvgatedTest::WaitForQueued(uint32_t queued, absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  uint32_t now = GetBudget().queued_requests();
+  while (now != queued) {
+    if (absl::Now() >= give_up) {
+      ADD_FAILURE() << "queued_requests is " << now << ", not " << queued
+                    << ", after " << timeout;
+      return false;
+    }
+    absl::SleepFor(absl::Milliseconds(2));
+    now = GetBudget().queued_requests();
+  }
+  return true;
 }
 
 }  // namespace kvgate

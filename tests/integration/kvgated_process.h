@@ -14,9 +14,15 @@
 // child is also SIGKILLed if the thread that started it dies (start it from
 // the test's main thread), so a killed test leaves no kvgated running.
 //
-// The health and reflection clients at the bottom speak the wire format by
-// hand through grpc::GenericStub, since no generated stubs for those services
-// ship with the Debian packages.
+// The health and reflection clients speak the wire format by hand through
+// grpc::GenericStub, since no generated stubs for those services ship with
+// the Debian packages.
+//
+// KvgatedTest (at the bottom) is the fixture the integration suites share:
+// the bytes of one request shape, probed once from a throwaway kvgated; pool
+// configurations sized in that shape; starting kvgated with a connected
+// Admission stub; the Admission calls, each with a deadline; and
+// PendingAdmit, an Admit in flight. Every wait in it is bounded.
 #ifndef KVGATE_TESTS_INTEGRATION_KVGATED_PROCESS_H_
 #define KVGATE_TESTS_INTEGRATION_KVGATED_PROCESS_H_
 
@@ -30,8 +36,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "google/protobuf/duration.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "kvgate/v1/admission.grpc.pb.h"
 
 namespace kvgate {
 
@@ -126,6 +136,144 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
 absl::StatusOr<std::vector<std::string>> ReflectionListServices(
     const std::shared_ptr<grpc::Channel>& channel,
     absl::Duration timeout = absl::Seconds(5));
+
+// GET `path` from 127.0.0.1:`port` over HTTP/1.0; the whole response,
+// headers included ("" when it cannot connect). Connecting, sending and
+// each read are bounded by `timeout`.
+std::string HttpGet(int port, const std::string& path,
+                    absl::Duration timeout = absl::Seconds(5));
+
+// The body of GET /metrics from 127.0.0.1:`port` ("" on failure).
+std::string ScrapeMetrics(int port);
+
+// The value of `series` (name and labels exactly as exposed) in a /metrics
+// body; -1 when absent.
+double MetricValue(const std::string& body, const std::string& series);
+
+// ---------------------------------------------------------------------------
+// The shared fixture.
+
+// The model every suite serves, and the request shape pools are sized in:
+// 128 tokens, 8 blocks of 16.
+inline constexpr char kModel[] = "gpt2";
+inline constexpr uint32_t kPromptTokens = 100;
+inline constexpr uint32_t kMaxNewTokens = 28;
+// Deadline of each RPC (and bound of each wait) unless a test says otherwise.
+inline constexpr absl::Duration kRpcTimeout = absl::Seconds(5);
+
+void SetDeadline(grpc::ClientContext& context, absl::Duration timeout);
+absl::Duration FromProto(const google::protobuf::Duration& d);
+
+// An Admit of `sequences` sequences of the shape.
+kvgate::v1::AdmitRequest Request(
+    const std::string& request_id, int sequences = 1,
+    kvgate::v1::Priority priority = kvgate::v1::STANDARD,
+    const std::string& tenant = "tenant-a");
+
+// Bytes of one request of the shape, as kvgated's own Estimate gives them,
+// so that no test hard-codes estimator figures.
+struct ShapeBytes {
+  uint64_t kv = 0;
+  uint64_t activation = 0;
+  uint64_t total = 0;  // kv + activation
+  uint64_t weights = 0;
+  // Capacity into which exactly `n` such requests fit: n KV reservations
+  // plus one activation reserve (the largest of the live leases).
+  uint64_t CapacityFor(uint64_t n) const { return n * kv + activation; }
+  // Reserved bytes of `n` live leases of the shape.
+  uint64_t ReservedFor(uint64_t n) const { return n == 0 ? 0 : CapacityFor(n); }
+};
+
+// Starts a throwaway kvgated (`binary`) serving the gpt2 preset and asks its
+// Estimate for one request of the shape.
+absl::StatusOr<ShapeBytes> ProbeShape(const std::string& binary);
+
+// An Admit in flight on the callback API. The destructor cancels the call
+// and waits, bounded, for its completion; a call that never completes (a
+// failure it reports) is leaked rather than freed under gRPC.
+class PendingAdmit {
+ public:
+  PendingAdmit(kvgate::v1::Admission::Stub* stub,
+               kvgate::v1::AdmitRequest request,
+               absl::Duration timeout = kRpcTimeout,
+               const std::string& token = "");
+  ~PendingAdmit();
+  PendingAdmit(const PendingAdmit&) = delete;
+  PendingAdmit& operator=(const PendingAdmit&) = delete;
+
+  // True when the call has been answered within `wait`.
+  bool Answered(absl::Duration wait = absl::ZeroDuration()) const;
+  // The call's status; DEADLINE_EXCEEDED "(test) ..." when not answered
+  // within `wait`.
+  grpc::Status Wait(absl::Duration wait = kRpcTimeout) const;
+  void Cancel();
+  // Only once answered.
+  const kvgate::v1::AdmitResponse& response() const;
+
+ private:
+  struct Call;
+  struct Completion;
+  std::unique_ptr<Call> call_;
+  std::shared_ptr<Completion> completion_;
+};
+
+// Base of the integration fixtures. SetUp probes the shape once per test
+// binary (KVGATED_PATH, the kvgated this library was built with) and fails
+// the test when that fails; TearDown stops the server and removes the files
+// the test wrote through ServerOptions.
+class KvgatedTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+
+  // The shape's bytes (valid after SetUp).
+  static const ShapeBytes& shape();
+
+  // Config text for a gpt2 pool whose capacity is exactly `capacity` bytes
+  // (gpu_memory_utilization 1.0 on a static device of weights + capacity),
+  // followed by `extra` (more ServerConfig fields).
+  static std::string PoolConfig(uint64_t capacity,
+                                const std::string& extra = "");
+
+  // Options to run kvgated with `config_text` (written to a file removed in
+  // TearDown), serving gRPC at `address` (default: a fresh unix socket) and
+  // started with `extra_args` too. Start waits for SERVING at `address`.
+  KvgatedProcess::Options ServerOptions(
+      const std::string& config_text, const std::string& address = "",
+      const std::vector<std::string>& extra_args = {});
+
+  // Starts kvgated (server_) and connects stub_ to it.
+  void StartServer(const KvgatedProcess::Options& options);
+  void StartServer(const std::string& config_text,
+                   const std::string& address = "") {
+    StartServer(ServerOptions(config_text, address));
+  }
+  // Stops the server with SIGKILL (no drain) and forgets it.
+  void Kill9();
+
+  // The Admission calls on stub_, each with a kRpcTimeout deadline and,
+  // when `token` is set, a bearer token.
+  grpc::Status Admit(const kvgate::v1::AdmitRequest& request,
+                     kvgate::v1::AdmitResponse* response,
+                     const std::string& token = "");
+  // Admits `request_id` and expects ADMITTED; returns the lease.
+  std::string AdmitOrFail(const std::string& request_id);
+  // An Admit that may wait at most `wait` in the queue; expects status OK.
+  kvgate::v1::AdmitResponse AdmitWaiting(const std::string& request_id,
+                                         absl::Duration wait);
+  grpc::Status Release(const std::string& lease_id, uint64_t* released_bytes,
+                       const std::string& token = "");
+  grpc::Status Renew(const std::string& lease_id);
+  kvgate::v1::Budget GetBudget();
+  // Polls GetBudget until `queued` requests wait; false (with a test
+  // failure) after `timeout`.
+  bool WaitForQueued(uint32_t queued, absl::Duration timeout = kRpcTimeout);
+
+  std::unique_ptr<KvgatedProcess> server_;
+  std::unique_ptr<kvgate::v1::Admission::Stub> stub_;
+  // Files written for this test, removed in TearDown.
+  std::vector<std::string> temp_files_;
+};
 
 }  // namespace kvgate
 

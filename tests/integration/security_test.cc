@@ -1,19 +1,17 @@
 // Security of the real kvgated binary: the unix socket's mode, TLS and
 // mutual TLS on TCP (certificates made by the `openssl` command at run time),
-// caller authentication by bearer token and client certificate, the CRITICAL
-// rule, message and batch size limits, and a /metrics scrape that must not
-// reveal request ids, tenants, tokens or lease ids.
-#include <arpa/inet.h>
-#include <netinet/in.h>
+// caller authentication by bearer token (from token files) and client
+// certificate, message and batch size limits from the config, and a /metrics
+// scrape that must not reveal request ids, tenants, tokens or lease ids. The
+// CRITICAL rule (an identity without allow_critical is served STANDARD) is
+// tested in-process, tests/plugin/server/admission_service_test.cc.
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <future>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -27,7 +25,6 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
-#include "plugin/base/handoff.h"
 #include "tests/integration/kvgated_process.h"
 
 namespace kvgate {
@@ -37,9 +34,6 @@ using kvgate::v1::Admission;
 using kvgate::v1::AdmitRequest;
 using kvgate::v1::AdmitResponse;
 using ::testing::HasSubstr;
-
-constexpr char kModel[] = "gpt2";
-constexpr absl::Duration kRpcTimeout = absl::Seconds(5);
 
 // Two tokens of one tenant: only the first may use CRITICAL.
 constexpr char kCriticalToken[] = "tok-critical-5b1e0c";
@@ -53,9 +47,11 @@ std::string ReadFile(const std::string& path) {
   return text.str();
 }
 
-// Runs a shell command; its output goes to `log`. False on failure.
+// Runs a shell command, for at most a minute; its output goes to `log`.
+// False on failure or timeout.
 bool Shell(const std::string& command, const std::string& log) {
-  const std::string line = absl::StrCat(command, " >>", log, " 2>&1");
+  const std::string line =
+      absl::StrCat("timeout 60 ", command, " >>", log, " 2>&1");
   return std::system(line.c_str()) == 0;
 }
 
@@ -119,28 +115,17 @@ absl::StatusOr<Pki> MakePki() {
   return pki;
 }
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+// An Admit of the shape whose tenant field names a tenant the caller is not
+// (the identity's tenant must win).
+AdmitRequest TenantRequest(const std::string& request_id, int sequences = 1) {
+  return Request(request_id, sequences, kvgate::v1::STANDARD,
+                 "tenant-from-request");
 }
 
-AdmitRequest Request(const std::string& request_id, int sequences = 1,
-                     kvgate::v1::Priority priority = kvgate::v1::STANDARD) {
-  AdmitRequest r;
-  r.set_request_id(request_id);
-  r.set_model(kModel);
-  r.set_tenant("tenant-from-request");
-  r.set_priority(priority);
-  for (int i = 0; i < sequences; ++i) {
-    kvgate::v1::Sequence* s = r.add_sequences();
-    s->set_prompt_tokens(100);
-    s->set_max_new_tokens(28);
-  }
-  return r;
-}
-
-// A unary Admit, optionally with a bearer token.
-grpc::Status Admit(Admission::Stub* stub, const AdmitRequest& request,
-                   AdmitResponse* response, const std::string& token = "") {
+// A unary Admit on `stub` (another channel than the fixture's), optionally
+// with a bearer token.
+grpc::Status AdmitOn(Admission::Stub* stub, const AdmitRequest& request,
+                     AdmitResponse* response, const std::string& token = "") {
   grpc::ClientContext context;
   SetDeadline(context, kRpcTimeout);
   if (!token.empty()) {
@@ -148,40 +133,6 @@ grpc::Status Admit(Admission::Stub* stub, const AdmitRequest& request,
   }
   return stub->Admit(&context, request, response);
 }
-
-// An Admit in flight; the destructor cancels it and waits for its answer.
-class PendingAdmit {
- public:
-  PendingAdmit(Admission::Stub* stub, AdmitRequest request,
-               const std::string& token)
-      : request_(std::move(request)), done_(promise_.get_future().share()) {
-    SetDeadline(context_, absl::Seconds(20));
-    context_.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-    HandOff(this);  // the callback runs on a gRPC thread
-    stub->async()->Admit(&context_, &request_, &response_,
-                         [this](grpc::Status status) {
-                           HandOffReceived(this);
-                           promise_.set_value(std::move(status));
-                         });
-  }
-  ~PendingAdmit() {
-    context_.TryCancel();
-    done_.wait();
-  }
-  bool Answered(absl::Duration wait) const {
-    return done_.wait_for(absl::ToChronoMilliseconds(wait)) ==
-           std::future_status::ready;
-  }
-  const AdmitResponse& response() const { return response_; }
-  grpc::Status status() const { return done_.get(); }
-
- private:
-  grpc::ClientContext context_;
-  AdmitRequest request_;
-  AdmitResponse response_;
-  std::promise<grpc::Status> promise_;
-  std::shared_future<grpc::Status> done_;
-};
 
 // Client side of TLS: the CA to trust and, for mutual TLS, a client pair.
 struct ClientTls {
@@ -214,58 +165,12 @@ std::shared_ptr<grpc::Channel> PlainChannel(const std::string& address) {
                                    args);
 }
 
-// GET http://host_port/metrics; the whole response, headers included.
-std::string HttpGetMetrics(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (fd >= 0 &&
-      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if (write(fd, request.data(), request.size()) ==
-        static_cast<ssize_t>(request.size())) {
-      char buffer[8192];
-      ssize_t n = 0;
-      while ((n = read(fd, buffer, sizeof(buffer))) > 0) out.append(buffer, n);
-    }
-  }
-  if (fd >= 0) close(fd);
-  return out;
-}
-
-class SecurityTest : public ::testing::Test {
+class SecurityTest : public KvgatedTest {
  protected:
   static void SetUpTestSuite() {
     absl::StatusOr<Pki> pki = MakePki();
     ASSERT_TRUE(pki.ok()) << pki.status();
     pki_ = new Pki(*std::move(pki));
-    // The bytes of one Request("..."), from a throwaway kvgated.
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    options.address = UniqueUnixAddress("probe");
-    const std::string config = WriteTempFile(
-        "_probe.txtpb",
-        absl::StrCat("models { name: \"", kModel, "\" preset: \"gpt2\" }\n"));
-    options.args = {"--config=" + config, "--grpc_address=" + options.address};
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    auto stub = Admission::NewStub((*server)->NewChannel());
-    kvgate::v1::EstimateRequest request;
-    request.set_model(kModel);
-    *request.add_sequences() = Request("probe").sequences(0);
-    kvgate::v1::EstimateResponse estimate;
-    grpc::ClientContext context;
-    SetDeadline(context, kRpcTimeout);
-    const grpc::Status status = stub->Estimate(&context, request, &estimate);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-    weights_bytes_ = estimate.weights_bytes();
-    one_request_bytes_ = estimate.total_bytes();
-    std::remove(config.c_str());
   }
   static void TearDownTestSuite() {
     if (pki_ != nullptr) {
@@ -276,26 +181,17 @@ class SecurityTest : public ::testing::Test {
   }
 
   void SetUp() override {
+    KvgatedTest::SetUp();
     ASSERT_NE(pki_, nullptr) << "certificates could not be made";
-    ASSERT_GT(one_request_bytes_, 0u);
-  }
-  void TearDown() override {
-    // Close the client's connection first: a server being drained waits for
-    // open connections to go away.
-    stub_.reset();
-    server_.reset();
-    for (const std::string& f : temp_files_) std::remove(f.c_str());
   }
 
-  // A gpt2 pool in which exactly one Request() fits at a time, then `extra`.
+  // A gpt2 pool in which exactly one TenantRequest() fits at a time, then
+  // `extra`.
   static std::string OneRequestPool(const std::string& extra) {
-    return absl::StrCat(
-        "models { name: \"", kModel, "\" preset: \"gpt2\" ",
-        "gpu_memory_utilization: 1.0 }\n",
-        "memory_source { static_source { memory_bytes: ",
-        weights_bytes_ + one_request_bytes_, " } }\n",
+    return PoolConfig(
+        shape().CapacityFor(1),
         // Room for several requests to wait (the default is the capacity).
-        "queue { max_bytes: ", 16 * one_request_bytes_, " }\n", extra);
+        absl::StrCat("queue { max_bytes: ", 16 * shape().total, " }\n", extra));
   }
 
   static std::string TokensConfig() {
@@ -312,29 +208,11 @@ class SecurityTest : public ::testing::Test {
     return path;
   }
 
-  // Options for kvgated with `config_text`, listening at `address`.
-  KvgatedProcess::Options ServerOptions(const std::string& config_text,
-                                        const std::string& address) {
-    KvgatedProcess::Options options;
-    options.binary = KVGATED_PATH;
-    temp_files_.push_back(WriteTempFile(".txtpb", config_text));
-    options.args = {"--config=" + temp_files_.back(),
-                    "--grpc_address=" + address};
-    return options;
-  }
-
   // Starts kvgated on a unix socket (waiting as the helper does).
   void StartUnix(const std::string& config_text,
-                 std::vector<std::string> extra_args = {}) {
-    const std::string address = UniqueUnixAddress("security");
-    KvgatedProcess::Options options = ServerOptions(config_text, address);
-    options.address = address;
-    for (std::string& a : extra_args) options.args.push_back(std::move(a));
-    absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    stub_ = Admission::NewStub(server_->NewChannel());
+                 const std::vector<std::string>& extra_args = {}) {
+    StartServer(
+        ServerOptions(config_text, UniqueUnixAddress("security"), extra_args));
   }
 
   // Starts kvgated on TCP with the suite's server certificate (plus
@@ -350,8 +228,10 @@ class SecurityTest : public ::testing::Test {
                      "\" key_file: \"", pki_->Path("server.key"), "\" ",
                      tls_fields, " }\n", config_text),
         tcp_address_);
+    // Start's own wait speaks plaintext: wait here, over TLS, instead.
+    options.address.clear();
     absl::StatusOr<std::unique_ptr<KvgatedProcess>> server =
-        KvgatedProcess::Start(options);  // no address: does not wait
+        KvgatedProcess::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     const absl::Time give_up = absl::Now() + absl::Seconds(10);
@@ -376,7 +256,8 @@ class SecurityTest : public ::testing::Test {
             pki_->Pem(client + ".key")};
   }
 
-  // Exit of kvgated --validate run with `args` (expected to fail).
+  // Exit of kvgated --validate run with `config_text` and `address`
+  // (expected to fail).
   KvgatedProcess::Exit RunToExit(const std::string& config_text,
                                  const std::string& address) {
     KvgatedProcess::Options options = ServerOptions(config_text, address);
@@ -387,17 +268,10 @@ class SecurityTest : public ::testing::Test {
   }
 
   static Pki* pki_;
-  static uint64_t weights_bytes_;
-  static uint64_t one_request_bytes_;
-  std::vector<std::string> temp_files_;
-  std::unique_ptr<KvgatedProcess> server_;
-  std::unique_ptr<Admission::Stub> stub_;
   std::string tcp_address_;
 };
 
 Pki* SecurityTest::pki_ = nullptr;
-uint64_t SecurityTest::weights_bytes_ = 0;
-uint64_t SecurityTest::one_request_bytes_ = 0;
 
 uint32_t SocketMode(const std::string& address) {
   struct stat st;
@@ -430,7 +304,8 @@ TEST_F(SecurityTest, TlsClientIsServed) {
   StartTls(OneRequestPool(""), Trusting());
   auto stub = Admission::NewStub(TlsChannel(tcp_address_, Trusting()));
   AdmitResponse response;
-  const grpc::Status status = Admit(stub.get(), Request("tls-1"), &response);
+  const grpc::Status status =
+      AdmitOn(stub.get(), TenantRequest("tls-1"), &response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED);
 }
@@ -470,13 +345,14 @@ TEST_F(SecurityTest, CertificateIdentityAuthenticatesWithoutToken) {
            As("client-a"), MutualTlsFields());
   AdmitResponse response;
   auto known = Admission::NewStub(TlsChannel(tcp_address_, As("client-a")));
-  const grpc::Status ok = Admit(known.get(), Request("cert-1"), &response);
+  const grpc::Status ok =
+      AdmitOn(known.get(), TenantRequest("cert-1"), &response);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED);
   // Signed by the right CA, but named by no identity.
   auto unknown = Admission::NewStub(TlsChannel(tcp_address_, As("client-b")));
   const grpc::Status refused =
-      Admit(unknown.get(), Request("cert-2"), &response);
+      AdmitOn(unknown.get(), TenantRequest("cert-2"), &response);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_THAT(refused.error_message(), HasSubstr("client-b"));
 }
@@ -520,14 +396,13 @@ TEST_F(SecurityTest, TlsOnUnixSocketIsRefused) {
 TEST_F(SecurityTest, TokenIsRequiredWhenAuthIsOn) {
   StartUnix(OneRequestPool(TokensConfig()));
   AdmitResponse response;
-  EXPECT_EQ(Admit(stub_.get(), Request("no-token"), &response).error_code(),
+  EXPECT_EQ(Admit(TenantRequest("no-token"), &response).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(
-      Admit(stub_.get(), Request("bad-token"), &response, "tok-not-configured")
-          .error_code(),
-      grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Admit(TenantRequest("bad-token"), &response, "tok-not-configured")
+                .error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   const grpc::Status ok =
-      Admit(stub_.get(), Request("good-token"), &response, kPlainToken);
+      Admit(TenantRequest("good-token"), &response, kPlainToken);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED);
 
@@ -550,86 +425,23 @@ TEST_F(SecurityTest, TokenIsRequiredWhenAuthIsOn) {
   EXPECT_EQ(*HealthCheck(server_->NewChannel(), ""), 1);
 }
 
-// The pool holds one request. Holder admitted; then a STANDARD request and a
-// CRITICAL one queue behind it. On release, whoever leads the queue is
-// admitted.
-TEST_F(SecurityTest, CriticalFromAnIdentityWithoutTheRightWaitsItsTurn) {
-  StartUnix(OneRequestPool(TokensConfig()));
-  AdmitResponse holder;
-  ASSERT_TRUE(
-      Admit(stub_.get(), Request("holder"), &holder, kCriticalToken).ok());
-  ASSERT_EQ(holder.decision(), kvgate::v1::ADMITTED);
-  PendingAdmit standard(stub_.get(), Request("standard"), kCriticalToken);
-  ASSERT_FALSE(standard.Answered(absl::Milliseconds(100)))
-      << standard.status().error_message() << " "
-      << standard.response().ShortDebugString();
-  PendingAdmit critical(
-      stub_.get(), Request("critical", 1, kvgate::v1::CRITICAL), kPlainToken);
-  ASSERT_FALSE(critical.Answered(absl::Milliseconds(100)))
-      << critical.status().error_code() << critical.status().error_message()
-      << " " << critical.response().ShortDebugString();
-
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  kvgate::v1::ReleaseRequest release;
-  release.set_lease_id(holder.lease_id());
-  kvgate::v1::ReleaseResponse released;
-  context.AddMetadata("authorization", absl::StrCat("Bearer ", kCriticalToken));
-  ASSERT_TRUE(stub_->Release(&context, release, &released).ok());
-
-  // Served as STANDARD: first come, first served.
-  ASSERT_TRUE(standard.Answered(kRpcTimeout));
-  EXPECT_EQ(standard.response().decision(), kvgate::v1::ADMITTED);
-  EXPECT_FALSE(critical.Answered(absl::ZeroDuration()));
-}
-
-TEST_F(SecurityTest, CriticalFromAnAllowedIdentityGoesFirst) {
-  StartUnix(OneRequestPool(TokensConfig()));
-  AdmitResponse holder;
-  ASSERT_TRUE(Admit(stub_.get(), Request("holder"), &holder, kPlainToken).ok());
-  ASSERT_EQ(holder.decision(), kvgate::v1::ADMITTED);
-  PendingAdmit standard(stub_.get(), Request("standard"), kPlainToken);
-  ASSERT_FALSE(standard.Answered(absl::Milliseconds(100)))
-      << standard.status().error_message() << " "
-      << standard.response().ShortDebugString();
-  PendingAdmit critical(stub_.get(),
-                        Request("critical", 1, kvgate::v1::CRITICAL),
-                        kCriticalToken);
-  ASSERT_FALSE(critical.Answered(absl::Milliseconds(100)))
-      << critical.status().error_code() << critical.status().error_message()
-      << " " << critical.response().ShortDebugString();
-
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  kvgate::v1::ReleaseRequest release;
-  release.set_lease_id(holder.lease_id());
-  kvgate::v1::ReleaseResponse released;
-  context.AddMetadata("authorization", absl::StrCat("Bearer ", kPlainToken));
-  ASSERT_TRUE(stub_->Release(&context, release, &released).ok());
-
-  ASSERT_TRUE(critical.Answered(kRpcTimeout));
-  EXPECT_EQ(critical.response().decision(), kvgate::v1::ADMITTED);
-  EXPECT_FALSE(standard.Answered(absl::ZeroDuration()));
-}
-
 // --- Size limits ---------------------------------------------------------
 
 TEST_F(SecurityTest, OversizedMessageIsResourceExhausted) {
   StartUnix(OneRequestPool("limits { max_message_bytes: 4096 }\n"));
   // About 6 bytes per sequence: 2,000 of them make a 12 KB message.
   AdmitResponse response;
-  const grpc::Status status =
-      Admit(stub_.get(), Request("huge", 2000), &response);
+  const grpc::Status status = Admit(TenantRequest("huge", 2000), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << status.error_message();
   // Small messages still pass.
-  EXPECT_TRUE(Admit(stub_.get(), Request("small"), &response).ok());
+  EXPECT_TRUE(Admit(TenantRequest("small"), &response).ok());
 }
 
 TEST_F(SecurityTest, OversizedBatchIsInvalidArgument) {
   StartUnix(OneRequestPool("limits { max_sequences: 8 }\n"));
   AdmitResponse response;
-  const grpc::Status status = Admit(stub_.get(), Request("nine", 9), &response);
+  const grpc::Status status = Admit(TenantRequest("nine", 9), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("limit of 8"));
 }
@@ -646,9 +458,9 @@ TEST_F(SecurityTest, MetricsRevealNoIdsTenantsTokensOrLeases) {
                                       "tenant-from-request",
                                       "weight-tenant-c4d1"};
   AdmitResponse admitted;
-  ASSERT_TRUE(Admit(stub_.get(), Request("req-admitted-6e02"), &admitted,
-                    kCriticalToken)
-                  .ok());
+  ASSERT_TRUE(
+      Admit(TenantRequest("req-admitted-6e02"), &admitted, kCriticalToken)
+          .ok());
   ASSERT_EQ(admitted.decision(), kvgate::v1::ADMITTED);
   secrets.push_back("req-admitted-6e02");
   secrets.push_back(admitted.lease_id());
@@ -656,26 +468,25 @@ TEST_F(SecurityTest, MetricsRevealNoIdsTenantsTokensOrLeases) {
   secrets.push_back(
       admitted.lease_id().substr(0, admitted.lease_id().find('-')));
   AdmitResponse rejected;
-  ASSERT_TRUE(Admit(stub_.get(), Request("req-never-fits-91aa", 8), &rejected,
-                    kPlainToken)
-                  .ok());
+  ASSERT_TRUE(
+      Admit(TenantRequest("req-never-fits-91aa", 8), &rejected, kPlainToken)
+          .ok());
   EXPECT_EQ(rejected.reason(), "NEVER_FITS");
   secrets.push_back("req-never-fits-91aa");
-  AdmitRequest unknown_model = Request("req-unknown-model-3b77");
+  AdmitRequest unknown_model = TenantRequest("req-unknown-model-3b77");
   unknown_model.set_model("model-unknown-0f5e");
-  EXPECT_EQ(
-      Admit(stub_.get(), unknown_model, &rejected, kPlainToken).error_code(),
-      grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Admit(unknown_model, &rejected, kPlainToken).error_code(),
+            grpc::StatusCode::NOT_FOUND);
   secrets.push_back("req-unknown-model-3b77");
   secrets.push_back("model-unknown-0f5e");
-  EXPECT_EQ(Admit(stub_.get(), Request("req-unauthenticated-77c0"), &rejected,
+  EXPECT_EQ(Admit(TenantRequest("req-unauthenticated-77c0"), &rejected,
                   "tok-wrong-a1b2")
                 .error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   secrets.push_back("req-unauthenticated-77c0");
   secrets.push_back("tok-wrong-a1b2");
 
-  const std::string scrape = HttpGetMetrics(*port);
+  const std::string scrape = HttpGet(*port, "/metrics");
   ASSERT_THAT(scrape, HasSubstr("kvgate_admission_decisions_total"));
   for (const std::string& secret : secrets) {
     ASSERT_FALSE(secret.empty());
