@@ -1,0 +1,293 @@
+#include "plugin/server/server.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "absl/types/optional.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "plugin/admission/clock.h"
+#include "plugin/base/json_log.h"
+#include "plugin/security/tls.h"
+#include "plugin/server/lease_restore.h"
+#include "plugin/server/listeners.h"
+#include "plugin/server/model_pools.h"
+
+namespace kvgate {
+namespace {
+
+constexpr char kServiceName[] = "kvgate.v1.Admission";
+
+// The status payload that carries the start-up stage.
+constexpr char kStageUrl[] = "type.googleapis.com/kvgate.StartupStage";
+constexpr char kInvalidConfiguration[] = "invalid configuration";
+constexpr char kMemorySourceFailed[] = "memory source failed";
+constexpr char kLeaseJournalFailed[] = "lease journal failed";
+constexpr char kMetricsEndpointFailed[] = "metrics endpoint failed";
+constexpr char kCannotListen[] = "cannot listen";
+
+// `status` (not OK), marked as failed in `stage`.
+absl::Status InStage(absl::string_view stage, absl::Status status) {
+  status.SetPayload(kStageUrl, absl::Cord(stage));
+  return status;
+}
+
+// How the "listening" line describes transport security.
+std::string TlsMode(const TlsSettings& tls) {
+  if (!tls.enabled()) return "off";
+  if (tls.require_client_cert) return "mutual";
+  if (!tls.client_ca_file.empty()) {
+    return "on (client certificates verified when sent)";
+  }
+  return "on";
+}
+
+// How the "listening" line describes caller authentication.
+std::string AuthMode(const Authenticator::Options& auth, bool enabled) {
+  if (!enabled) return "off (tenant and priority trusted as sent)";
+  return absl::StrCat(auth.tokens.size(), " tokens, ", auth.certificates.size(),
+                      " certificate identities");
+}
+
+}  // namespace
+
+std::string StartupStage(const absl::Status& status) {
+  const absl::optional<absl::Cord> stage = status.GetPayload(kStageUrl);
+  return stage.has_value() ? std::string(*stage) : "start-up failed";
+}
+
+Server::Server(Options options) : options_(std::move(options)) {}
+
+Server::~Server() {
+  if (serving_ && !waited_) {
+    Drain();
+    Wait();
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
+  std::unique_ptr<Server> server =
+      absl::WrapUnique(new Server(std::move(options)));
+  if (absl::Status s = server->InitSecurity(); !s.ok()) return s;
+  if (absl::Status s = server->InitPools(); !s.ok()) return s;
+  if (absl::Status s = server->InitMetricsEndpoint(); !s.ok()) return s;
+  const MemorySourceSettings& src = server->options_.settings.memory_source;
+  server->guard_ =
+      std::make_unique<MemoryGuard>(server->source_.get(), src.guard);
+  server->ticker_ = std::make_unique<Ticker>(
+      &server->registry_, server->guard_.get(), &src, server->metrics_.get());
+  server->ticker_->Poll();
+  if (absl::Status s = server->StartListeners(); !s.ok()) return s;
+  server->SetServing(true);
+  server->ticker_->Start();
+  server->serving_ = true;
+  const ServerSettings& settings = server->options_.settings;
+  LogInfo("listening",
+          {{"address", settings.grpc_address},
+           {"port", absl::StrCat(server->port_)},
+           {"models", absl::StrCat(server->registry_.pools().size())},
+           {"health_address", server->options_.health_address},
+           {"tls", server->tls_mode_},
+           {"auth", server->auth_mode_}});
+  return server;
+}
+
+absl::StatusOr<Server::Validation> Server::Validate(Options options) {
+  Validation validation;
+  for (const ModelPoolSettings& m : options.settings.models) {
+    validation.models.push_back(m.name);
+  }
+  Server server(std::move(options));
+  if (absl::Status s = server.InitSecurity(); !s.ok()) return s;
+  ServerSettings& settings = server.options_.settings;
+  if (settings.memory_source.kind == MemorySourceSettings::Kind::kNvml) {
+    // The weights are checked against the real devices at start-up.
+    validation.memory_source =
+        "nvml (not opened by --validate: device capacity is checked at "
+        "start-up)";
+    return validation;
+  }
+  absl::StatusOr<OpenedMemorySource> source = OpenMemorySource(settings);
+  if (!source.ok()) return InStage(kMemorySourceFailed, source.status());
+  KvgateMetrics metrics(server.options_.build_info);
+  PoolBuildOptions pools;
+  pools.source = &settings.memory_source;
+  pools.devices = &source->first_read;
+  pools.controller = settings.controller;
+  pools.metrics = &metrics;
+  absl::StatusOr<ModelRegistry> registry =
+      BuildModelRegistry(std::move(settings.models), pools);
+  if (!registry.ok()) return InStage(kInvalidConfiguration, registry.status());
+  validation.memory_source = "static";
+  return validation;
+}
+
+absl::Status Server::InitSecurity() {
+  const ServerSettings& settings = options_.settings;
+  credentials_ = grpc::InsecureServerCredentials();
+  if (settings.tls.enabled()) {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> made =
+        MakeServerCredentials(settings.tls);
+    if (!made.ok()) return InStage(kInvalidConfiguration, made.status());
+    credentials_ = *std::move(made);
+  }
+  if (!settings.auth.tokens.empty() || !settings.auth.certificates.empty()) {
+    absl::StatusOr<std::unique_ptr<Authenticator>> made =
+        Authenticator::Create(settings.auth);
+    if (!made.ok()) return InStage(kInvalidConfiguration, made.status());
+    authenticator_ = *std::move(made);
+  }
+  // Logged with "listening", so that a start-up failure stays one line.
+  tls_mode_ = TlsMode(settings.tls);
+  auth_mode_ = AuthMode(settings.auth, authenticator_ != nullptr);
+  return absl::OkStatus();
+}
+
+absl::Status Server::InitPools() {
+  ServerSettings& settings = options_.settings;
+  absl::StatusOr<OpenedMemorySource> source = OpenMemorySource(settings);
+  if (!source.ok()) return InStage(kMemorySourceFailed, source.status());
+  source_ = std::move(source->source);
+  first_read_ = std::move(source->first_read);
+  // The lease journal (crash recovery), replayed before any controller
+  // exists.
+  LeaseJournal::Replay replay;
+  if (!settings.lease_journal.state_dir.empty()) {
+    absl::StatusOr<LeaseJournal::Opened> opened =
+        OpenLeaseJournal(settings.lease_journal, settings.models);
+    if (!opened.ok()) return InStage(kLeaseJournalFailed, opened.status());
+    journal_ = std::move(opened->journal);
+    replay = std::move(opened->replay);
+  }
+  metrics_ = std::make_unique<KvgateMetrics>(options_.build_info);
+  PoolBuildOptions pools;
+  pools.source = &settings.memory_source;
+  pools.devices = &first_read_;
+  pools.controller = settings.controller;
+  pools.metrics = metrics_.get();
+  pools.journal = journal_.get();
+  absl::StatusOr<ModelRegistry> registry =
+      BuildModelRegistry(std::move(settings.models), pools);
+  if (!registry.ok()) return InStage(kInvalidConfiguration, registry.status());
+  registry_ = *std::move(registry);
+  if (journal_ != nullptr) RestoreLeases(replay, registry_, *journal_);
+  return absl::OkStatus();
+}
+
+absl::Status Server::InitMetricsEndpoint() {
+  const std::string& address = options_.settings.metrics_address;
+  if (address.empty()) return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<MetricsServer>> started =
+      MetricsServer::Start(address, metrics_->registry());
+  if (!started.ok()) return InStage(kMetricsEndpointFailed, started.status());
+  metrics_server_ = *std::move(started);
+  LogInfo("metrics listening", {{"address", metrics_server_->address()}});
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartListeners() {
+  const ServerSettings& settings = options_.settings;
+  AdmissionService::Options service_options;
+  service_options.max_sequences = static_cast<int>(settings.max_sequences);
+  service_options.authenticator = authenticator_.get();
+  service_ = std::make_unique<AdmissionService>(
+      &registry_, RealClock(), metrics_.get(), service_options);
+  ext_proc_ = std::make_unique<ExtProcService>(&registry_, RealClock(),
+                                               options_.ext_proc);
+  // Ready before the listeners open: gRPC's health service answers SERVING
+  // from the moment a server starts, so a call that a passing health probe
+  // lets through must find the services ready, not UNAVAILABLE.
+  service_->SetReady(true);
+  ext_proc_->SetReady(true);
+  const std::string& ext_proc_address = options_.ext_proc.listen_address;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  MainListenerOptions main;
+  main.address = settings.grpc_address;
+  main.credentials = credentials_;
+  main.services = {service_.get()};
+  if (ext_proc_address.empty()) main.services.push_back(ext_proc_.get());
+  main.max_concurrent_streams = options_.max_concurrent_streams;
+  main.max_message_bytes = settings.max_message_bytes;
+  main.socket_mode = settings.socket_mode;
+  absl::StatusOr<BoundServer> bound = StartMainServer(main);
+  if (!bound.ok()) return InStage(kCannotListen, bound.status());
+  server_ = std::move(bound->server);
+  port_ = bound->port;
+  if (!options_.health_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> started =
+        StartHealthServer(options_.health_address);
+    if (!started.ok()) return InStage(kCannotListen, started.status());
+    health_server_ = *std::move(started);
+  }
+  if (!ext_proc_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> started = StartExtProcServer(
+        ext_proc_address, ext_proc_.get(), options_.ext_proc.max_body_bytes,
+        options_.max_concurrent_streams);
+    if (!started.ok()) return InStage(kCannotListen, started.status());
+    ext_proc_server_ = *std::move(started);
+    LogInfo("ext_proc listening", {{"address", ext_proc_address}});
+  }
+  return absl::OkStatus();
+}
+
+// Every health service this process answers, with the same statuses.
+void Server::SetServing(bool serving) {
+  for (grpc::Server* s : {server_.get(), health_server_.get()}) {
+    if (s == nullptr) continue;
+    grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService();
+    health->SetServingStatus(kServiceName, serving);
+    health->SetServingStatus(serving);
+  }
+}
+
+void Server::Drain() {
+  if (!serving_ || draining_.exchange(true)) return;
+  SetServing(false);
+  service_->StartDraining();
+  ext_proc_->StartDraining();
+  for (const auto& pool : registry_.pools()) pool->controller().Drain();
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  if (ext_proc_server_ != nullptr) {
+    ext_proc_server_->Shutdown(std::chrono::system_clock::now() +
+                               std::chrono::seconds(5));
+  }
+  if (health_server_ != nullptr) health_server_->Shutdown();
+  drained_.Notify();
+}
+
+void Server::Wait() {
+  if (!serving_ || waited_) return;
+  server_->Wait();
+  drained_.WaitForNotification();
+  if (ext_proc_server_ != nullptr) {
+    ext_proc_server_->Wait();
+    const std::string path = UnixPath(options_.ext_proc.listen_address);
+    if (!path.empty()) unlink(path.c_str());
+  }
+  if (health_server_ != nullptr) health_server_->Wait();
+  // The servers are stopped, but a reactor's last callbacks (OnCancel,
+  // OnDone) may still run on gRPC's executor: wait for them before the
+  // controllers and metrics they use go away.
+  if (!service_->WaitForCalls(absl::Seconds(5)) ||
+      !ext_proc_->WaitForCalls(absl::Seconds(5))) {
+    LogWarning("calls still open after shutdown");
+  }
+  ticker_->Stop();
+  const std::string socket_path = UnixPath(options_.settings.grpc_address);
+  if (!socket_path.empty()) unlink(socket_path.c_str());
+  waited_ = true;
+  LogInfo("stopped");
+}
+
+std::string Server::metrics_address() const {
+  return metrics_server_ == nullptr ? "" : metrics_server_->address();
+}
+
+}  // namespace kvgate
