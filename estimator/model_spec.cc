@@ -284,9 +284,97 @@ absl::Status ReadSlidingWindow(const Fields& f, const Family& family,
   return absl::OkStatus();
 }
 
-absl::Status ReadMoe(const Fields& f, const Family& family, ModelSpec& spec) {
+// Mixtral-style experts: every layer is sparse, experts default to
+// intermediate_size. Also read for unknown families that declare experts.
+absl::Status ReadMixtralExperts(const Fields& f, ModelSpec& spec) {
+  absl::Status error;
+  spec.num_experts = f.UintOr(
+      {"num_local_experts", "num_experts", "n_routed_experts"}, 0, &error);
+  spec.moe_intermediate_size =
+      f.UintOr({"moe_intermediate_size"}, spec.intermediate_size, &error);
+  spec.num_moe_layers = spec.num_experts > 0 ? spec.num_layers : 0;
+  return error;
+}
+
+// Layers that `mlp_only_layers` keeps dense (Qwen MoE), indexed by layer.
+std::vector<bool> DenseOnlyLayers(const Fields& f, uint64_t layers) {
+  std::vector<bool> dense_only(layers, false);
+  if (const Json* only = f.Find("mlp_only_layers");
+      only != nullptr && only->is_array()) {
+    for (const Json& l : *only) {
+      if (l.is_number_integer() && l.get<int64_t>() >= 0 &&
+          static_cast<uint64_t>(l.get<int64_t>()) < layers) {
+        dense_only[l.get<int64_t>()] = true;
+      }
+    }
+  }
+  return dense_only;
+}
+
+// Qwen MoE experts: every decoder_sparse_step-th layer not in
+// mlp_only_layers is sparse; an optional gated shared expert.
+absl::Status ReadQwenExperts(const Fields& f, ModelSpec& spec) {
   absl::Status error;
   const uint64_t layers = spec.num_layers;
+  spec.num_experts = f.UintOr({"num_experts"}, 0, &error);
+  spec.moe_intermediate_size =
+      f.UintOr({"moe_intermediate_size"}, spec.intermediate_size, &error);
+  spec.shared_expert_intermediate_size =
+      f.UintOr({"shared_expert_intermediate_size"}, 0, &error);
+  spec.shared_expert_gate = spec.shared_expert_intermediate_size > 0;
+  const uint64_t step = f.UintOr({"decoder_sparse_step"}, 1, &error);
+  const std::vector<bool> dense_only = DenseOnlyLayers(f, layers);
+  for (uint64_t i = 0; i < layers && spec.num_experts > 0; ++i) {
+    if (!dense_only[i] && step > 0 && (i + 1) % step == 0) {
+      ++spec.num_moe_layers;
+    }
+  }
+  return error;
+}
+
+// DeepSeek experts: layers from first_k_dense_replace on, every
+// moe_layer_freq-th, are sparse; n_shared_experts shared experts.
+absl::Status ReadDeepSeekExperts(const Fields& f, ModelSpec& spec) {
+  absl::Status error;
+  spec.num_experts = f.UintOr({"n_routed_experts"}, 0, &error);
+  spec.moe_intermediate_size = f.UintOr({"moe_intermediate_size"}, 0, &error);
+  spec.shared_expert_intermediate_size =
+      f.UintOr({"n_shared_experts"}, 0, &error) * spec.moe_intermediate_size;
+  const uint64_t first_dense = f.UintOr({"first_k_dense_replace"}, 0, &error);
+  const uint64_t freq = f.UintOr({"moe_layer_freq"}, 1, &error);
+  for (uint64_t i = first_dense; i < spec.num_layers && spec.num_experts > 0;
+       ++i) {
+    if (freq > 0 && i % freq == 0) ++spec.num_moe_layers;
+  }
+  spec.router_score_bias = f.String("topk_method") == "noaux_tc";
+  return error;
+}
+
+// Experts per token, and the checks every mixture-of-experts model passes.
+absl::Status ReadExpertsPerToken(const Fields& f, ModelSpec& spec) {
+  absl::Status error;
+  spec.experts_per_token = f.UintOr(
+      {"num_experts_per_tok", "top_k", "moe_topk", "num_experts_per_token"}, 0,
+      &error);
+  if (!error.ok()) return error;
+  if (spec.experts_per_token == 0 ||
+      spec.experts_per_token > spec.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: field 'num_experts_per_tok' must be between 1 and the "
+        "number of experts (",
+        spec.num_experts, ")"));
+  }
+  if (spec.moe_intermediate_size == 0) {
+    return absl::InvalidArgumentError(
+        "config.json: missing required field 'moe_intermediate_size' for a "
+        "mixture-of-experts model");
+  }
+  return absl::OkStatus();
+}
+
+// Mixture-of-experts layers, in the family's style.
+absl::Status ReadMoe(const Fields& f, const Family& family, ModelSpec& spec) {
+  absl::Status error;
   switch (family.moe) {
     case MoeStyle::kNone:
       // An unknown family that declares experts is read like Mixtral.
@@ -296,73 +384,17 @@ absl::Status ReadMoe(const Fields& f, const Family& family, ModelSpec& spec) {
       }
       [[fallthrough]];
     case MoeStyle::kMixtral:
-      spec.num_experts = f.UintOr(
-          {"num_local_experts", "num_experts", "n_routed_experts"}, 0, &error);
-      spec.moe_intermediate_size =
-          f.UintOr({"moe_intermediate_size"}, spec.intermediate_size, &error);
-      spec.num_moe_layers = spec.num_experts > 0 ? layers : 0;
+      error = ReadMixtralExperts(f, spec);
       break;
-    case MoeStyle::kQwenMoe: {
-      spec.num_experts = f.UintOr({"num_experts"}, 0, &error);
-      spec.moe_intermediate_size =
-          f.UintOr({"moe_intermediate_size"}, spec.intermediate_size, &error);
-      spec.shared_expert_intermediate_size =
-          f.UintOr({"shared_expert_intermediate_size"}, 0, &error);
-      spec.shared_expert_gate = spec.shared_expert_intermediate_size > 0;
-      const uint64_t step = f.UintOr({"decoder_sparse_step"}, 1, &error);
-      std::vector<bool> dense_only(layers, false);
-      if (const Json* only = f.Find("mlp_only_layers");
-          only != nullptr && only->is_array()) {
-        for (const Json& l : *only) {
-          if (l.is_number_integer() && l.get<int64_t>() >= 0 &&
-              static_cast<uint64_t>(l.get<int64_t>()) < layers) {
-            dense_only[l.get<int64_t>()] = true;
-          }
-        }
-      }
-      for (uint64_t i = 0; i < layers && spec.num_experts > 0; ++i) {
-        if (!dense_only[i] && step > 0 && (i + 1) % step == 0) {
-          ++spec.num_moe_layers;
-        }
-      }
+    case MoeStyle::kQwenMoe:
+      error = ReadQwenExperts(f, spec);
       break;
-    }
-    case MoeStyle::kDeepSeek: {
-      spec.num_experts = f.UintOr({"n_routed_experts"}, 0, &error);
-      spec.moe_intermediate_size =
-          f.UintOr({"moe_intermediate_size"}, 0, &error);
-      spec.shared_expert_intermediate_size =
-          f.UintOr({"n_shared_experts"}, 0, &error) *
-          spec.moe_intermediate_size;
-      const uint64_t first_dense =
-          f.UintOr({"first_k_dense_replace"}, 0, &error);
-      const uint64_t freq = f.UintOr({"moe_layer_freq"}, 1, &error);
-      for (uint64_t i = first_dense; i < layers && spec.num_experts > 0; ++i) {
-        if (freq > 0 && i % freq == 0) ++spec.num_moe_layers;
-      }
-      spec.router_score_bias = f.String("topk_method") == "noaux_tc";
+    case MoeStyle::kDeepSeek:
+      error = ReadDeepSeekExperts(f, spec);
       break;
-    }
   }
   if (!error.ok()) return error;
-  if (spec.num_experts > 0) {
-    spec.experts_per_token = f.UintOr(
-        {"num_experts_per_tok", "top_k", "moe_topk", "num_experts_per_token"},
-        0, &error);
-    if (!error.ok()) return error;
-    if (spec.experts_per_token == 0 ||
-        spec.experts_per_token > spec.num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "config.json: field 'num_experts_per_tok' must be between 1 and the "
-          "number of experts (",
-          spec.num_experts, ")"));
-    }
-    if (spec.moe_intermediate_size == 0) {
-      return absl::InvalidArgumentError(
-          "config.json: missing required field 'moe_intermediate_size' for a "
-          "mixture-of-experts model");
-    }
-  }
+  if (spec.num_experts > 0) return ReadExpertsPerToken(f, spec);
   return absl::OkStatus();
 }
 
@@ -453,37 +485,40 @@ void ReadQuantization(const Fields& f, ModelSpec& spec) {
   spec.quantization = out;
 }
 
-absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
-  const Json* object = &root;
-  ModelSpec spec;
-  // Multimodal wrappers (Gemma 3, Llava, ...) nest the language model.
+// The object holding the language model: `text_config` for multimodal
+// wrappers (Gemma 3, Llava, ...), else `root`; notes the unwrapping in spec.
+const Json& LanguageModelObject(const Json& root, ModelSpec& spec) {
   if (auto it = root.find("text_config");
       it != root.end() && it->is_object() && !root.contains("hidden_size")) {
-    object = &*it;
     spec.notes.push_back(
         "read the language model from text_config; vision or audio towers "
         "are not counted");
+    return *it;
   }
-  // Fill the family's defaults for fields the config omits.
-  Json with_defaults;
-  {
-    const std::string type = object->is_object() &&
-                                     object->contains("model_type") &&
-                                     (*object)["model_type"].is_string()
-                                 ? (*object)["model_type"].get<std::string>()
-                                 : "";
-    for (const FieldDefault& d : kFieldDefaults) {
-      if (d.model_type != type) continue;
-      const std::string field(d.field);
-      if (with_defaults.is_null()) with_defaults = *object;
-      if (!with_defaults.contains(field) || with_defaults[field].is_null()) {
-        with_defaults[field] = d.value;
-      }
+  return root;
+}
+
+// `object` with its family's defaults (kFieldDefaults) filled in for omitted
+// fields, built in *storage; `object` itself when the family has none.
+const Json& WithFieldDefaults(const Json& object, Json* storage) {
+  const std::string type = object.is_object() &&
+                                   object.contains("model_type") &&
+                                   object["model_type"].is_string()
+                               ? object["model_type"].get<std::string>()
+                               : "";
+  for (const FieldDefault& d : kFieldDefaults) {
+    if (d.model_type != type) continue;
+    const std::string field(d.field);
+    if (storage->is_null()) *storage = object;
+    if (!storage->contains(field) || (*storage)[field].is_null()) {
+      (*storage)[field] = d.value;
     }
-    if (!with_defaults.is_null()) object = &with_defaults;
   }
-  const Fields f(*object);
-  const Fields top(root);
+  return storage->is_null() ? object : *storage;
+}
+
+// model_type and architecture, and the family row they select.
+const Family& ReadFamily(const Fields& f, const Fields& top, ModelSpec& spec) {
   spec.model_type = f.String("model_type");
   if (spec.model_type.empty()) spec.model_type = top.String("model_type");
   if (const Json* arch = top.Find("architectures");
@@ -500,7 +535,12 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
         "' is not a known family; read as a Llama-like decoder (RMSNorm, "
         "gated MLP, separate q/k/v/o projections)"));
   }
+  return family;
+}
 
+// The required sizes (hidden, layers, heads, vocabulary) and the context
+// length.
+absl::Status ReadDimensions(const Fields& f, ModelSpec& spec) {
   absl::StatusOr<uint64_t> hidden =
       f.RequiredUint({"hidden_size", "n_embd", "d_model", "dim"});
   if (!hidden.ok()) return hidden.status();
@@ -522,11 +562,18 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
       f.UintOr({"max_position_embeddings", "n_positions", "max_seq_len",
                 "seq_length", "max_sequence_length"},
                0, &error);
+  return error;
+}
 
-  // Attention heads. Falcon's `multi_query: true` means one KV head whatever
-  // num_kv_heads says, unless the new decoder architecture is on.
-  const bool falcon_new = f.Bool("new_decoder_architecture", false);
-  if (family.model_type == "falcon" && !falcon_new) {
+// KV heads and head size, latent attention when present, and the check
+// that the KV heads divide the query heads.
+absl::Status ReadAttentionHeads(const Fields& f, const Family& family,
+                                ModelSpec& spec) {
+  absl::Status error;
+  // Falcon's `multi_query: true` means one KV head whatever num_kv_heads
+  // says, unless the new decoder architecture is on.
+  if (family.model_type == "falcon" &&
+      !f.Bool("new_decoder_architecture", false)) {
     spec.num_kv_heads =
         f.Bool("multi_query", true) ? 1 : spec.num_attention_heads;
   } else {
@@ -554,9 +601,12 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
         "config.json: num_key_value_heads ", spec.num_kv_heads,
         " must divide num_attention_heads ", spec.num_attention_heads));
   }
+  return absl::OkStatus();
+}
 
-  // Biases: `attention_bias` (Llama, Qwen3, NeoX), `bias` (Falcon) and
-  // `mlp_bias` override the family's defaults.
+// Biases and q/k norms: `attention_bias` (Llama, Qwen3, NeoX), `bias`
+// (Falcon) and `mlp_bias` override the family's defaults.
+void ReadBiases(const Fields& f, const Family& family, ModelSpec& spec) {
   spec.qkv_bias = family.qkv_bias;
   spec.o_bias = family.o_bias;
   spec.mlp_bias = family.mlp_bias;
@@ -568,8 +618,13 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   }
   if (f.Has("mlp_bias")) spec.mlp_bias = f.Bool("mlp_bias", false);
   spec.qk_norm = family.qk_norm;
+}
 
-  // Feed-forward width: GPT-2's n_inner and Falcon's default are 4 x hidden.
+// Feed-forward kind, width and activation. GPT-2's n_inner and Falcon's
+// default are 4 x hidden.
+absl::Status ReadFeedForward(const Fields& f, const Family& family,
+                             ModelSpec& spec) {
+  absl::Status error;
   spec.mlp_kind = family.mlp;
   spec.intermediate_size =
       f.UintOr({"intermediate_size", "n_inner", "ffn_hidden_size", "ffn_dim"},
@@ -584,19 +639,26 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
           "positive integer; also accepted: n_inner, ffn_hidden_size)");
     }
   }
-
   spec.hidden_act = f.String("hidden_act");
   if (spec.hidden_act.empty()) spec.hidden_act = f.String("hidden_activation");
   if (spec.hidden_act.empty()) {
     spec.hidden_act = f.String("activation_function");
   }
+  return absl::OkStatus();
+}
 
+// Norms per layer, projection naming, tied and learned-position embeddings.
+// The caller reports a bad num_ln_in_parallel_attn only after the MoE,
+// sliding-window and dtype fields, as ParseObject always has.
+absl::Status ReadLayout(const Fields& f, const Fields& top,
+                        const Family& family, ModelSpec& spec) {
+  absl::Status error;
   spec.norm_kind = family.norm;
   spec.norms_per_layer = family.norms_per_layer;
   if (family.model_type == "falcon") {
     // Falcon: the new architecture has num_ln_in_parallel_attn norms (2 by
     // default); the old one, one norm with parallel attention, else two.
-    if (falcon_new) {
+    if (f.Bool("new_decoder_architecture", false)) {
       spec.norms_per_layer = static_cast<uint32_t>(
           f.UintOr({"num_ln_in_parallel_attn"}, 2, &error));
     } else {
@@ -610,10 +672,11 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   if (family.learned_positions) {
     spec.learned_position_embeddings = spec.max_position_embeddings;
   }
+  return error;
+}
 
-  if (absl::Status s = ReadMoe(f, family, spec); !s.ok()) return s;
-  if (absl::Status s = ReadSlidingWindow(f, family, spec); !s.ok()) return s;
-
+// The weights' torch_dtype; bf16, with a note, when absent or unknown.
+void ReadDtype(const Fields& f, const Fields& top, ModelSpec& spec) {
   std::string dtype = f.String("torch_dtype");
   if (dtype.empty()) dtype = f.String("dtype");
   if (dtype.empty()) dtype = top.String("torch_dtype");
@@ -627,8 +690,25 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
     spec.notes.push_back(
         absl::StrCat("torch_dtype '", dtype, "' not recognised; assumed bf16"));
   }
+}
+
+absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
+  ModelSpec spec;
+  Json with_defaults;
+  const Fields f(
+      WithFieldDefaults(LanguageModelObject(root, spec), &with_defaults));
+  const Fields top(root);
+  const Family& family = ReadFamily(f, top, spec);
+  if (absl::Status s = ReadDimensions(f, spec); !s.ok()) return s;
+  if (absl::Status s = ReadAttentionHeads(f, family, spec); !s.ok()) return s;
+  ReadBiases(f, family, spec);
+  if (absl::Status s = ReadFeedForward(f, family, spec); !s.ok()) return s;
+  const absl::Status layout_error = ReadLayout(f, top, family, spec);
+  if (absl::Status s = ReadMoe(f, family, spec); !s.ok()) return s;
+  if (absl::Status s = ReadSlidingWindow(f, family, spec); !s.ok()) return s;
+  ReadDtype(f, top, spec);
   ReadQuantization(top.Has("quantization_config") ? top : f, spec);
-  if (!error.ok()) return error;
+  if (!layout_error.ok()) return layout_error;
   return spec;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/base/attributes.h"
 #include "absl/strings/str_cat.h"
 
 namespace kvgate {
@@ -15,6 +16,81 @@ bool CheckedAdd(uint64_t a, uint64_t b, uint64_t* out) {
 absl::Status Overflow(absl::string_view what) {
   return absl::InvalidArgumentError(
       absl::StrCat("sequences: ", what, " overflows 64-bit arithmetic"));
+}
+
+// Running sums over a batch's sequences.
+struct BatchSums {
+  uint64_t kv_bytes = 0;
+  uint64_t kv_tokens = 0;
+  uint64_t prefill_tokens = 0;
+  uint64_t score_elements = 0;
+};
+
+// Prompt tokens every sequence of `batch` shares, rounded down to whole
+// blocks: the partial last block is copied for each sample when it starts
+// generating.
+uint64_t SharedPromptTokens(absl::Span<const SequenceShape> batch,
+                            uint64_t block_size) {
+  uint64_t shortest = UINT64_MAX;
+  for (const SequenceShape& s : batch) {
+    shortest = std::min(shortest, s.prompt_tokens);
+  }
+  return shortest / block_size * block_size;
+}
+
+// Checks sequences[i] and sets *tokens to its prompt_tokens + max_new_tokens.
+// Always inlined: out of line (returning the Status through memory) it made
+// bench/estimator_bench's EstimateBatch about 28% slower.
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline absl::Status SequenceTokens(
+    size_t i, const SequenceShape& s, uint64_t max_model_len,
+    uint64_t* tokens) {
+  if (s.prompt_tokens == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequences[", i, "].prompt_tokens must be at least 1"));
+  }
+  if (!CheckedAdd(s.prompt_tokens, s.max_new_tokens, tokens) ||
+      *tokens >= (uint64_t{1} << 40)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequences[", i, "]: prompt_tokens + max_new_tokens is too large"));
+  }
+  if (max_model_len > 0 && *tokens > max_model_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequences[", i, "]: prompt_tokens + max_new_tokens = ", *tokens,
+        " exceeds the model's context length ", max_model_len));
+  }
+  return absl::OkStatus();
+}
+
+// Adds one sequence's KV cache, KV tokens and prefill tokens to *sums, less
+// the shared prompt prefix when `drop_shared`; false on overflow.
+bool AddSequence(const KvCacheModel& kv_cache, uint64_t prompt_tokens,
+                 uint64_t tokens, bool drop_shared, uint64_t shared_prompt,
+                 BatchSums* sums) {
+  uint64_t seq_bytes = kv_cache.SequenceBytes(tokens);
+  uint64_t seq_tokens = kv_cache.RoundToBlock(tokens);
+  uint64_t seq_prefill = prompt_tokens;
+  if (drop_shared) {
+    seq_bytes -= kv_cache.SequenceBytes(shared_prompt);
+    seq_tokens -= shared_prompt;
+    seq_prefill -= shared_prompt;
+  }
+  return CheckedAdd(sums->kv_bytes, seq_bytes, &sums->kv_bytes) &&
+         CheckedAdd(sums->kv_tokens, seq_tokens, &sums->kv_tokens) &&
+         CheckedAdd(sums->prefill_tokens, seq_prefill, &sums->prefill_tokens);
+}
+
+// Adds the heads x query x key scores eager attention materialises for one
+// prompt (query = the prefill chunk, when set) to *total, saturating at
+// UINT64_MAX.
+void AddScoreElements(uint64_t heads, uint64_t prompt_tokens, uint64_t chunk,
+                      uint64_t* total) {
+  const uint64_t p = prompt_tokens;
+  const uint64_t q = chunk > 0 ? std::min<uint64_t>(p, chunk) : p;
+  uint64_t scores = 0;
+  if (__builtin_mul_overflow(heads * q, p, &scores) ||
+      !CheckedAdd(*total, scores, total)) {
+    *total = UINT64_MAX;
+  }
 }
 
 }  // namespace
@@ -64,78 +140,34 @@ absl::Status ServingModel::EstimateBatch(absl::Span<const SequenceShape> batch,
     return absl::InvalidArgumentError("sequences: at least one is required");
   }
   const bool shared = options_.share_prompt_prefix && batch.size() > 1;
-  uint64_t shared_prompt = UINT64_MAX;
-  if (shared) {
-    for (const SequenceShape& s : batch) {
-      shared_prompt = std::min(shared_prompt, s.prompt_tokens);
-    }
-    // Only whole blocks of the prompt are shared; the partial last block is
-    // copied for each sample when it starts generating.
-    shared_prompt =
-        shared_prompt / kv_cache_.block_size() * kv_cache_.block_size();
-  }
-
-  uint64_t kv_bytes = 0;
-  uint64_t kv_tokens = 0;
-  uint64_t prefill_tokens = 0;
-  uint64_t score_elements = 0;
-  uint64_t longest_prompt = 0;
+  const uint64_t shared_prompt =
+      shared ? SharedPromptTokens(batch, kv_cache_.block_size()) : UINT64_MAX;
+  const uint64_t chunk = options_.chunked_prefill_tokens;
   const uint64_t heads = activations_.heads_per_gpu();
+  BatchSums sums;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceShape& s = batch[i];
-    if (s.prompt_tokens == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequences[", i, "].prompt_tokens must be at least 1"));
-    }
     uint64_t tokens = 0;
-    if (!CheckedAdd(s.prompt_tokens, s.max_new_tokens, &tokens) ||
-        tokens >= (uint64_t{1} << 40)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequences[", i, "]: prompt_tokens + max_new_tokens is too large"));
+    if (absl::Status status = SequenceTokens(i, s, max_model_len_, &tokens);
+        !status.ok()) {
+      return status;
     }
-    if (max_model_len_ > 0 && tokens > max_model_len_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "sequences[", i, "]: prompt_tokens + max_new_tokens = ", tokens,
-          " exceeds the model's context length ", max_model_len_));
-    }
-    uint64_t seq_bytes = kv_cache_.SequenceBytes(tokens);
-    uint64_t seq_tokens = kv_cache_.RoundToBlock(tokens);
-    uint64_t seq_prefill = s.prompt_tokens;
-    if (shared) {
-      // The shared prefix is counted once, with the first sequence.
-      if (i > 0) {
-        seq_bytes -= kv_cache_.SequenceBytes(shared_prompt);
-        seq_tokens -= shared_prompt;
-        seq_prefill -= shared_prompt;
-      }
-    }
-    if (!CheckedAdd(kv_bytes, seq_bytes, &kv_bytes) ||
-        !CheckedAdd(kv_tokens, seq_tokens, &kv_tokens) ||
-        !CheckedAdd(prefill_tokens, seq_prefill, &prefill_tokens)) {
+    // The shared prefix is counted once, with the first sequence.
+    if (!AddSequence(kv_cache_, s.prompt_tokens, tokens, shared && i > 0,
+                     shared_prompt, &sums)) {
       return Overflow("the batch's KV cache");
     }
-    longest_prompt = std::max(longest_prompt, s.prompt_tokens);
-    // Eager attention materialises heads x query x key scores per sequence.
-    const uint64_t p = s.prompt_tokens;
-    const uint64_t q =
-        options_.chunked_prefill_tokens > 0
-            ? std::min<uint64_t>(p, options_.chunked_prefill_tokens)
-            : p;
-    uint64_t scores = 0;
-    if (__builtin_mul_overflow(heads * q, p, &scores) ||
-        !CheckedAdd(score_elements, scores, &score_elements)) {
-      score_elements = UINT64_MAX;
-    }
+    AddScoreElements(heads, s.prompt_tokens, chunk, &sums.score_elements);
   }
-  const uint64_t chunk = options_.chunked_prefill_tokens;
   const uint64_t step_tokens =
-      chunk > 0 ? std::min<uint64_t>(prefill_tokens, chunk) : prefill_tokens;
+      chunk > 0 ? std::min<uint64_t>(sums.prefill_tokens, chunk)
+                : sums.prefill_tokens;
   const uint64_t logits_tokens = std::min<uint64_t>(batch.size(), step_tokens);
 
-  out->kv_cache_bytes = kv_bytes;
-  out->kv_cache_tokens = kv_tokens;
-  out->activation_bytes =
-      activations_.StepPeakBytes(step_tokens, logits_tokens, score_elements);
+  out->kv_cache_bytes = sums.kv_bytes;
+  out->kv_cache_tokens = sums.kv_tokens;
+  out->activation_bytes = activations_.StepPeakBytes(step_tokens, logits_tokens,
+                                                     sums.score_elements);
   if (!CheckedAdd(out->kv_cache_bytes, out->activation_bytes,
                   &out->total_bytes)) {
     return Overflow("the batch's total");

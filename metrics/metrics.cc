@@ -26,6 +26,74 @@ std::string Label(absl::string_view value) { return std::string(value); }
 
 double Bytes(uint64_t bytes) { return static_cast<double>(bytes); }
 
+// The name and help text of one metric family.
+struct FamilyText {
+  const char* name;
+  const char* help;
+};
+
+// Every family kvgate exports, in registration order.
+constexpr FamilyText kBuildInfo = {
+    "kvgate_build_info", "Always 1; labels name the running kvgate build."};
+constexpr FamilyText kDecisions = {
+    "kvgate_admission_decisions_total",
+    "Final answers to Admit, by decision, reason and priority."};
+constexpr FamilyText kLeaseExpirations = {
+    "kvgate_lease_expirations_total",
+    "Leases reclaimed because their TTL passed without a Release or Renew."};
+constexpr FamilyText kCapacityBytes = {
+    "kvgate_budget_capacity_bytes",
+    "Bytes the model's controller may reserve for KV cache and activations."};
+constexpr FamilyText kWeightsBytes = {
+    "kvgate_budget_weights_bytes",
+    "Bytes of the model's weights, outside the budget."};
+constexpr FamilyText kReservedBytes = {
+    "kvgate_budget_reserved_bytes",
+    "Bytes reserved by live leases (KV plus the activation reserve)."};
+constexpr FamilyText kFreeBytes = {
+    "kvgate_budget_free_bytes",
+    "Capacity minus reserved bytes, as the ledger sees it."};
+constexpr FamilyText kActivationReserveBytes = {
+    "kvgate_budget_activation_reserve_bytes",
+    "Bytes reserved for the activation peak of live leases."};
+constexpr FamilyText kActiveLeases = {"kvgate_active_leases",
+                                      "Leases currently held."};
+constexpr FamilyText kQueueRequests = {
+    "kvgate_queue_requests", "Requests waiting in the admission queue."};
+constexpr FamilyText kQueueBytes = {"kvgate_queue_bytes",
+                                    "Bytes requested by the queued requests."};
+constexpr FamilyText kMemoryPressure = {
+    "kvgate_memory_pressure",
+    "1 while the live memory guard pauses admissions, else 0."};
+constexpr FamilyText kDeviceTotalBytes = {
+    "kvgate_device_total_bytes", "Device memory as the driver reports it."};
+constexpr FamilyText kDeviceFreeBytes = {"kvgate_device_free_bytes",
+                                         "Device memory no one has allocated."};
+constexpr FamilyText kDeviceUsedBytes = {
+    "kvgate_device_used_bytes", "Device memory allocated by any process."};
+constexpr FamilyText kMemorySourceErrors = {
+    "kvgate_memory_source_errors_total", "Failed reads of the memory source."};
+constexpr FamilyText kQueueWait = {
+    "kvgate_queue_wait_seconds",
+    "Time requests answered from the queue spent waiting in it."};
+constexpr FamilyText kAdmitDuration = {
+    "kvgate_admit_duration_seconds",
+    "Time from receiving an Admit call to its answer, queueing included."};
+
+// Registers a gauge family named and described by `text`.
+prometheus::Family<prometheus::Gauge>& AddGauge(prometheus::Registry& registry,
+                                                const FamilyText& text) {
+  return prometheus::BuildGauge().Name(text.name).Help(text.help).Register(
+      registry);
+}
+
+// Registers a counter family named and described by `text`.
+prometheus::Family<prometheus::Counter>& AddCounter(
+    prometheus::Registry& registry, const FamilyText& text) {
+  return prometheus::BuildCounter().Name(text.name).Help(text.help).Register(
+      registry);
+}
+
 }  // namespace
 
 const std::vector<absl::Duration>& DurationBuckets() {
@@ -116,85 +184,26 @@ struct KvgateMetrics::DeviceSeries {
 
 KvgateMetrics::KvgateMetrics(const Options& options)
     : registry_(std::make_shared<Registry>()),
-      build_info_(prometheus::BuildGauge()
-                      .Name("kvgate_build_info")
-                      .Help("Always 1; labels name the running kvgate build.")
-                      .Register(*registry_)),
-      decisions_(prometheus::BuildCounter()
-                     .Name("kvgate_admission_decisions_total")
-                     .Help("Final answers to Admit, by decision, reason and "
-                           "priority.")
-                     .Register(*registry_)),
-      lease_expirations_(prometheus::BuildCounter()
-                             .Name("kvgate_lease_expirations_total")
-                             .Help("Leases reclaimed because their TTL passed "
-                                   "without a Release or Renew.")
-                             .Register(*registry_)),
-      capacity_bytes_(prometheus::BuildGauge()
-                          .Name("kvgate_budget_capacity_bytes")
-                          .Help("Bytes the model's controller may reserve for "
-                                "KV cache and activations.")
-                          .Register(*registry_)),
-      weights_bytes_(prometheus::BuildGauge()
-                         .Name("kvgate_budget_weights_bytes")
-                         .Help("Bytes of the model's weights, outside the "
-                               "budget.")
-                         .Register(*registry_)),
-      reserved_bytes_(prometheus::BuildGauge()
-                          .Name("kvgate_budget_reserved_bytes")
-                          .Help("Bytes reserved by live leases (KV plus the "
-                                "activation reserve).")
-                          .Register(*registry_)),
-      free_bytes_(prometheus::BuildGauge()
-                      .Name("kvgate_budget_free_bytes")
-                      .Help("Capacity minus reserved bytes, as the ledger "
-                            "sees it.")
-                      .Register(*registry_)),
-      activation_reserve_bytes_(
-          prometheus::BuildGauge()
-              .Name("kvgate_budget_activation_reserve_bytes")
-              .Help("Bytes reserved for the activation peak of live leases.")
-              .Register(*registry_)),
-      active_leases_(prometheus::BuildGauge()
-                         .Name("kvgate_active_leases")
-                         .Help("Leases currently held.")
-                         .Register(*registry_)),
-      queue_requests_(prometheus::BuildGauge()
-                          .Name("kvgate_queue_requests")
-                          .Help("Requests waiting in the admission queue.")
-                          .Register(*registry_)),
-      queue_bytes_(prometheus::BuildGauge()
-                       .Name("kvgate_queue_bytes")
-                       .Help("Bytes requested by the queued requests.")
-                       .Register(*registry_)),
-      memory_pressure_(prometheus::BuildGauge()
-                           .Name("kvgate_memory_pressure")
-                           .Help("1 while the live memory guard pauses "
-                                 "admissions, else 0.")
-                           .Register(*registry_)),
-      device_total_bytes_(prometheus::BuildGauge()
-                              .Name("kvgate_device_total_bytes")
-                              .Help("Device memory as the driver reports it.")
-                              .Register(*registry_)),
-      device_free_bytes_(prometheus::BuildGauge()
-                             .Name("kvgate_device_free_bytes")
-                             .Help("Device memory no one has allocated.")
-                             .Register(*registry_)),
-      device_used_bytes_(prometheus::BuildGauge()
-                             .Name("kvgate_device_used_bytes")
-                             .Help("Device memory allocated by any process.")
-                             .Register(*registry_)),
-      memory_source_errors_(prometheus::BuildCounter()
-                                .Name("kvgate_memory_source_errors_total")
-                                .Help("Failed reads of the memory source.")
-                                .Register(*registry_)),
-      queue_wait_(registry_->AddHistogramFamily(
-          "kvgate_queue_wait_seconds",
-          "Time requests answered from the queue spent waiting in it.")),
-      admit_duration_(registry_->AddHistogramFamily(
-          "kvgate_admit_duration_seconds",
-          "Time from receiving an Admit call to its answer, queueing "
-          "included.")),
+      build_info_(AddGauge(*registry_, kBuildInfo)),
+      decisions_(AddCounter(*registry_, kDecisions)),
+      lease_expirations_(AddCounter(*registry_, kLeaseExpirations)),
+      capacity_bytes_(AddGauge(*registry_, kCapacityBytes)),
+      weights_bytes_(AddGauge(*registry_, kWeightsBytes)),
+      reserved_bytes_(AddGauge(*registry_, kReservedBytes)),
+      free_bytes_(AddGauge(*registry_, kFreeBytes)),
+      activation_reserve_bytes_(AddGauge(*registry_, kActivationReserveBytes)),
+      active_leases_(AddGauge(*registry_, kActiveLeases)),
+      queue_requests_(AddGauge(*registry_, kQueueRequests)),
+      queue_bytes_(AddGauge(*registry_, kQueueBytes)),
+      memory_pressure_(AddGauge(*registry_, kMemoryPressure)),
+      device_total_bytes_(AddGauge(*registry_, kDeviceTotalBytes)),
+      device_free_bytes_(AddGauge(*registry_, kDeviceFreeBytes)),
+      device_used_bytes_(AddGauge(*registry_, kDeviceUsedBytes)),
+      memory_source_errors_(AddCounter(*registry_, kMemorySourceErrors)),
+      queue_wait_(
+          registry_->AddHistogramFamily(kQueueWait.name, kQueueWait.help)),
+      admit_duration_(registry_->AddHistogramFamily(kAdmitDuration.name,
+                                                    kAdmitDuration.help)),
       admit_duration_all_(admit_duration_.Add({})) {
   build_info_
       .Add({{"version", options.version}, {"revision", options.revision}})
