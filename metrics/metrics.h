@@ -1,11 +1,11 @@
 // KvgateMetrics: every Prometheus metric kvgated exports, owned by one object.
 //
-// main() builds one KvgateMetrics and hands it down: each model pool's
-// Controller gets ListenerFor(model) as its ControllerListener, the gRPC
-// service calls ObserveAdmitDuration, and the pollers (budget, memory source,
-// memory guard) call SetBudget, SetDevices, IncMemorySourceError and
-// SetMemoryPressure. MetricsServer (metrics_server.h) serves registry().
-// There are no global registries.
+// The Server (plugin/server/server.h) builds one KvgateMetrics and hands it
+// down: each model pool's Controller gets ListenerFor(model) as its
+// ControllerListener, the gRPC service calls ObserveAdmitDuration, and the
+// pollers (budget, memory source, memory guard) call SetBudget, SetDevices,
+// IncMemorySourceError and SetMemoryPressure. MetricsServer (metrics_server.h)
+// serves registry(). There are no global registries.
 //
 // The hot path takes no lock of its own. Every label combination the admit
 // path can touch is resolved when the model's series are created (all
