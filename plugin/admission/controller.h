@@ -5,8 +5,8 @@
 // translate a request into an `AdmitTicket` (bytes of KV cache and of
 // activation peak) and get an `AdmitOutcome` back through a callback.
 //
-// Ledger. Every admitted request holds a lease until it is released or its TTL
-// passes. The reserved bytes are
+// Ledger (plugin/admission/lease_ledger.h). Every admitted request holds a
+// lease until it is released or its TTL passes. The reserved bytes are
 //   sum(kv of live leases) + max(activation of live leases)
 // (or + sum(activation) with Options::activation_sum), because one engine step
 // runs at a time and only the largest activation peak is live at once. A
@@ -14,23 +14,29 @@
 // check and the reservation happen under one lock, so two requests can never
 // both take the last free bytes.
 //
-// Queue. A request that does not fit at once waits, bounded by count and bytes.
-// Order: priority (CRITICAL > STANDARD > SHEDDABLE); within a priority, the
-// tenant with the lowest bytes served / weight goes first (a tenant that
-// becomes active starts at the current minimum, so a newcomer cannot
-// monopolise); FIFO within a tenant. When the head of the queue does not fit,
-// up to Options::backfill_limit strictly smaller requests that fit may pass it
-// (found by a scan of at most Options::backfill_scan_limit entries, so the
-// cost of a dispatch does not grow with the queue length); after that the head
-// blocks until it fits, so it is never starved. A higher-priority arrival on a
-// full queue sheds the newest SHEDDABLE entries to take their place.
+// Queue (plugin/admission/fair_queue.h). A request that does not fit at once
+// waits, bounded by count and bytes. Order: priority (CRITICAL > STANDARD >
+// SHEDDABLE); within a priority, the tenant with the lowest bytes served /
+// weight goes first (a tenant that becomes active starts at the current
+// minimum, so a newcomer cannot monopolise); FIFO within a tenant. When the
+// head of the queue does not fit, up to Options::backfill_limit strictly
+// smaller requests that fit may pass it (found by a scan of at most
+// Options::backfill_scan_limit entries, so the cost of a dispatch does not
+// grow with the queue length); after that the head blocks until it fits, so
+// it is never starved. A higher-priority arrival on a full queue sheds the
+// newest SHEDDABLE entries to take their place.
 //
 // Answers. Every ticket accepted by Admit (status OK) is answered exactly once
 // through its callback: ADMITTED, or rejected with a RejectReason and a
-// computed retry_after. Callbacks and listener hooks are collected under the
-// lock and run after it is released, on the thread of whichever call produced
-// them (Admit, Cancel, Release, Tick, SetMemoryPressure, Drain). They may call
-// back into the controller.
+// computed retry_after (plugin/admission/retry_estimate.h: the bytes that
+// must be freed over the observed release rate). Callbacks and listener hooks
+// are collected under the lock and run after it is released, on the thread of
+// whichever call produced them (Admit, Cancel, Release, Tick,
+// SetMemoryPressure, Drain). They may call back into the controller.
+//
+// One mutex guards the ledger, the queue and the estimate together: the
+// Controller holds the decision order and the answers; its three parts are
+// not thread-safe on their own.
 //
 // Time comes from the injected Clock; nothing runs in the background: the
 // owner calls Tick() at the time it returns (or periodically) to expire leases
@@ -42,75 +48,27 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <list>
 #include <memory>
-#include <set>
+#include <optional>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "plugin/admission/admission_types.h"
 #include "plugin/admission/clock.h"
+#include "plugin/admission/fair_queue.h"
+#include "plugin/admission/lease_ledger.h"
+#include "plugin/admission/retry_estimate.h"
 
 namespace kvgate {
 
-enum class Priority { kCritical = 0, kStandard = 1, kSheddable = 2 };
-inline constexpr int kNumPriorities = 3;
-
-// "CRITICAL", "STANDARD", "SHEDDABLE"; "" for a value outside the enum.
-absl::string_view PriorityName(Priority priority);
-
-enum class RejectReason {
-  kNone,
-  kQueueTimeout,
-  kQueueFull,
-  kNeverFits,
-  kMemoryPressure,
-  kShed,
-  kDraining,
-  kCancelled
-};
-
-// "", "QUEUE_TIMEOUT", "QUEUE_FULL", "NEVER_FITS", "MEMORY_PRESSURE", "SHED",
-// "DRAINING", "CANCELLED" (the machine-readable `reason` of the wire API).
-absl::string_view RejectReasonName(RejectReason reason);
-
-// What a request needs, in bytes.
-struct AdmitCost {
-  uint64_t kv_bytes = 0;          // held for the lease's whole life
-  uint64_t activation_bytes = 0;  // transient peak of a forward pass
-};
-
-struct AdmitTicket {
-  std::string request_id;  // non-empty; a retry with the same id is idempotent
-  std::string tenant;      // "" = "default"
-  Priority priority = Priority::kStandard;
-  AdmitCost cost;
-  // Latest time to be answered; the controller also caps the wait in the
-  // queue at Options::max_queue_wait.
-  absl::Time deadline = absl::InfiniteFuture();
-};
-
-struct AdmitOutcome {
-  bool admitted = false;
-  std::string lease_id;
-  RejectReason reason = RejectReason::kNone;
-  uint64_t reserved_bytes = 0;  // kv + this lease's activation bytes
-  // When rejected: a computed estimate of when retrying may succeed, in
-  // [50ms, 60s]; zero for NEVER_FITS and CANCELLED (retrying does not help).
-  absl::Duration retry_after;
-  absl::Duration queued_for;  // time spent in the queue (zero if never queued)
-  std::string message;        // human detail
-};
-
-using AdmitCallback = absl::AnyInvocable<void(AdmitOutcome) &&>;
+// Priority, RejectReason, AdmitCost, AdmitTicket, AdmitOutcome, AdmitCallback,
+// LeaseRecord, LeaseEnd and LeaseObserver: plugin/admission/admission_types.h.
 
 // Optional hooks (for metrics). Called outside the controller lock, on the
 // thread that produced the event. Default no-ops.
@@ -123,35 +81,6 @@ class ControllerListener {
                           const AdmitOutcome& /*outcome*/) {}
   // A lease reached its TTL in Tick; `bytes` is its reserved_bytes.
   virtual void OnLeaseExpired(uint64_t /*bytes*/) {}
-};
-
-// A lease as a LeaseObserver sees it granted, and as RestoreLease takes it
-// back after a restart.
-struct LeaseRecord {
-  std::string lease_id;
-  std::string request_id;
-  AdmitCost cost;
-  absl::Time expires_at;  // on the controller's clock
-};
-
-// How a lease left the ledger.
-enum class LeaseEnd { kReleased, kExpired };
-
-// Optional hook on the ledger, for a durable record of live leases (the lease
-// journal, plugin/lease_journal.h). Unlike ControllerListener, OnGranted,
-// OnRenewed and OnEnded run UNDER the controller's lock, in the order the
-// ledger changed, so that a lease's end is never recorded before its grant
-// nor a renewal after its end. They must be quick (a buffered append, no
-// fsync) and must not call into the controller. Commit runs after the lock is
-// released, on the thread of the call that changed the ledger, before that
-// call's answers go out: where records are made durable.
-class LeaseObserver {
- public:
-  virtual ~LeaseObserver() = default;
-  virtual void OnGranted(const LeaseRecord& lease) = 0;
-  virtual void OnRenewed(absl::string_view lease_id, absl::Time expires_at) = 0;
-  virtual void OnEnded(absl::string_view lease_id, LeaseEnd end) = 0;
-  virtual void Commit() {}
 };
 
 struct BudgetSnapshot {
@@ -168,6 +97,17 @@ struct BudgetSnapshot {
   bool draining = false;
 };
 
+// The admission decision: a LeaseLedger, a FairQueue in front of it and a
+// RetryEstimate for the answers that say no, under one mutex.
+//
+// Invariants (checked by CheckInvariants): those of the ledger and of the
+// queue. After every call that frees bytes or changes the queue, the queue is
+// dispatched: its head is admitted while it fits (and memory pressure and
+// draining are off), so a head left waiting does not fit.
+//
+// Thread-safe. Callbacks, ControllerListener hooks and LeaseObserver::Commit
+// run outside the mutex and may call back in; LeaseObserver's other hooks run
+// under it.
 class Controller {
  public:
   struct Options {
@@ -203,8 +143,10 @@ class Controller {
   };
 
   // Bounds of every computed retry_after.
-  static constexpr absl::Duration kMinRetryAfter = absl::Milliseconds(50);
-  static constexpr absl::Duration kMaxRetryAfter = absl::Seconds(60);
+  static constexpr absl::Duration kMinRetryAfter =
+      RetryEstimate::kMinRetryAfter;
+  static constexpr absl::Duration kMaxRetryAfter =
+      RetryEstimate::kMaxRetryAfter;
 
   // Fails with InvalidArgument when an option is out of range or `clock` is
   // null. `clock` (and Options::listener) must outlive the controller.
@@ -288,45 +230,46 @@ class Controller {
   absl::Status CheckInvariants() const;
 
  private:
-  struct Lease;
-  struct QueuedRequest;
-  struct TenantQueue;
-  struct PriorityLevel;
   struct Completions;
 
   Controller(const Options& options, Clock* clock, uint64_t lease_prefix);
 
-  // Ledger.
-  bool FitsLocked(const AdmitCost& cost) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  uint64_t ActivationReserveLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  uint64_t ReservedLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Admit, step by step. The checks that need no lock; *bytes = kv + act.
+  static absl::Status ValidateTicket(const AdmitTicket& ticket,
+                                     const AdmitCallback& done,
+                                     uint64_t* bytes);
+  // A retry of the request_id of a live lease: answers it with that lease
+  // and returns true. A lease past its TTL is reclaimed first (false).
+  bool AnswerRetryLocked(const AdmitTicket& ticket, absl::Time now,
+                         AdmitCallback& done, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The decision for a new request, in the order Admit documents: the
+  // answer, or nullopt once queued (then `done` is moved into the queue and
+  // *handle is its handle, or 0 if it was dispatched at once).
+  std::optional<AdmitOutcome> DecideLocked(AdmitTicket& ticket, uint64_t bytes,
+                                           absl::Time now, AdmitCallback& done,
+                                           uint64_t* handle, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The tail of DecideLocked for a request that cannot be admitted now:
+  // QUEUE_TIMEOUT, QUEUE_FULL or queued.
+  std::optional<AdmitOutcome> QueueLocked(AdmitTicket& ticket, uint64_t bytes,
+                                          absl::Time now, AdmitCallback& done,
+                                          uint64_t* handle, Completions& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Ledger changes, with what the retry estimate learns from them.
   AdmitOutcome GrantLocked(const AdmitTicket& ticket, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t FreeLeaseLocked(uint64_t seq, absl::Time now, LeaseEnd end)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint64_t FreeBytesLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked(absl::Time now, Completions& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string LeaseIdFor(uint64_t seq) const;
-  // LeaseIdFor(seq), or the old id of a restored lease.
-  std::string LeaseIdLocked(uint64_t seq, const Lease& lease) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Parses a lease id; NotFound unless this controller issued it.
-  absl::StatusOr<uint64_t> ParseLeaseId(absl::string_view lease_id) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  // Queue.
-  QueuedRequest* HeadLocked() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  QueuedRequest* FindBackfillLocked(const QueuedRequest& head) const
-      ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  void EnqueueLocked(std::unique_ptr<QueuedRequest> request)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::unique_ptr<QueuedRequest> UnlinkLocked(QueuedRequest* request)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AnswerQueuedLocked(QueuedRequest* request, AdmitOutcome outcome,
-                          absl::Time now, Completions& out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void RejectQueuedLocked(QueuedRequest* request, RejectReason reason,
+  // Queue: answers, shedding, timeouts and dispatch.
+  void AnswerQueuedLocked(std::unique_ptr<FairQueue::Entry> entry,
+                          AdmitOutcome outcome, absl::Time now,
+                          Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RejectQueuedLocked(FairQueue::Entry* entry, RejectReason reason,
                           absl::string_view message, absl::Time now,
                           Completions& out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool MakeRoomLocked(Priority priority, uint64_t bytes, absl::Time now,
@@ -335,11 +278,10 @@ class Controller {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DispatchLocked(absl::Time now, Completions& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  double TenantWeight(const std::string& tenant) const;
 
-  // retry_after.
-  void ObserveReleaseLocked(uint64_t freed_bytes, absl::Duration held,
-                            absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // retry_after: bytes queued at `priority` and above plus `own_bytes`,
+  // less `own_queued_bytes` (a queued request's own entry), over the
+  // estimate.
   absl::Duration RetryAfterLocked(Priority priority, uint64_t own_bytes,
                                   uint64_t own_queued_bytes,
                                   absl::Time now) const
@@ -351,52 +293,15 @@ class Controller {
 
   void Run(Completions& completions);
 
-  const Options options_;
+  const Options options_;  // max_queue_bytes resolved (never 0)
   Clock* const clock_;
-  const uint64_t lease_prefix_;  // random per controller, part of lease ids
-  // lease_prefix_ as 16 hex digits, formatted once: lease ids are made and
-  // parsed on every Admit and Release.
-  const std::string lease_prefix_text_;
-  const absl::Time created_at_;
 
   mutable absl::Mutex mu_;
-
-  // Ledger.
-  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> lease_by_request_
-      ABSL_GUARDED_BY(mu_);
-  std::set<std::pair<absl::Time, uint64_t>> lease_expiries_
-      ABSL_GUARDED_BY(mu_);
-  std::multiset<uint64_t> activations_ ABSL_GUARDED_BY(mu_);
-  uint64_t kv_reserved_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t activation_sum_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_lease_seq_ ABSL_GUARDED_BY(mu_) = 1;
-  // Lease ids of restored leases (issued by an earlier kvgated, under another
-  // prefix) -> their seq here. Kept after release, so that a second Release
-  // of one is OK(0) rather than NotFound; bounded by what was restored.
-  absl::flat_hash_map<std::string, uint64_t> restored_ids_ ABSL_GUARDED_BY(mu_);
-
-  // Queue.
-  std::array<std::unique_ptr<PriorityLevel>, kNumPriorities> levels_;
-  absl::flat_hash_map<uint64_t, std::unique_ptr<QueuedRequest>> queued_
-      ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> queued_by_request_
-      ABSL_GUARDED_BY(mu_);
-  std::set<std::pair<absl::Time, uint64_t>> deadlines_ ABSL_GUARDED_BY(mu_);
-  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_tenant_seq_ ABSL_GUARDED_BY(mu_) = 0;
-
+  LeaseLedger ledger_ ABSL_GUARDED_BY(mu_);
+  FairQueue queue_ ABSL_GUARDED_BY(mu_);
+  RetryEstimate retry_ ABSL_GUARDED_BY(mu_);
   bool memory_pressure_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-
-  // Release-rate estimate: exponentially decayed sum of freed bytes, divided
-  // by the window, as of release_rate_at_.
-  double release_rate_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time release_rate_at_ ABSL_GUARDED_BY(mu_);
-  bool release_seen_ ABSL_GUARDED_BY(mu_) = false;
-  // EWMA of how long leases were held (assumed_lease_hold until observed).
-  absl::Duration mean_hold_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvgate
