@@ -199,6 +199,148 @@ absl::Status ResolveSecurity(const kvgate::v1::ServerConfig& config,
   return absl::OkStatus();
 }
 
+// Resolves the models list (the default preset when none is given) into
+// s->models.
+absl::Status ResolveModels(const kvgate::v1::ServerConfig& config,
+                           ServerSettings* s) {
+  kvgate::v1::ServerConfig with_default = config;
+  if (with_default.models().empty()) {
+    kvgate::v1::ModelConfig* m = with_default.add_models();
+    m->set_name(kDefaultPreset);
+    m->set_preset(kDefaultPreset);
+  }
+  absl::flat_hash_set<std::string> names;
+  for (int i = 0; i < with_default.models_size(); ++i) {
+    const kvgate::v1::ModelConfig& m = with_default.models(i);
+    const std::string field = absl::StrCat("models[", i, "]");
+    std::string name = m.name();
+    if (name.empty()) name = !m.preset().empty() ? m.preset() : "";
+    if (name.empty()) return Invalid(field + ".name", "is required");
+    if (!names.insert(name).second) {
+      return Invalid(field + ".name",
+                     absl::StrCat("duplicate model '", name, "'"));
+    }
+    absl::StatusOr<ServingModel> model = ResolveModel(m, field);
+    if (!model.ok()) return model.status();
+    const double util =
+        m.gpu_memory_utilization() == 0 ? 0.9 : m.gpu_memory_utilization();
+    if (!(util > 0 && util <= 1)) {
+      return Invalid(field + ".gpu_memory_utilization", "must be in (0, 1]");
+    }
+    ModelPoolSettings pool{name, *std::move(model), {}, util, 0, false};
+    pool.runtime_overhead_bytes =
+        m.has_runtime_overhead_bytes() ? m.runtime_overhead_bytes() : 0;
+    pool.activation_sum = m.activation_sum();
+    pool.gpus.assign(m.gpus().begin(), m.gpus().end());
+    if (pool.gpus.empty()) {
+      for (uint32_t g = 0; g < pool.model.options().tensor_parallel; ++g) {
+        pool.gpus.push_back(absl::StrCat(g));
+      }
+    }
+    s->models.push_back(std::move(pool));
+  }
+  return absl::OkStatus();
+}
+
+// Resolves memory_source.nvml into *out.
+absl::Status ResolveNvmlSource(const kvgate::v1::NvmlSourceConfig& n,
+                               MemorySourceSettings* out) {
+  out->kind = MemorySourceSettings::Kind::kNvml;
+  if (!n.library_path().empty()) out->nvml_library = n.library_path();
+  if (n.has_poll_interval()) {
+    out->poll_interval = FromProto(n.poll_interval());
+    if (out->poll_interval < absl::Milliseconds(10) ||
+        out->poll_interval > absl::Minutes(1)) {
+      return Invalid("memory_source.nvml.poll_interval",
+                     "must be between 10ms and 1m");
+    }
+  }
+  if (n.free_margin_bytes() > 0) {
+    out->guard.free_margin_bytes = n.free_margin_bytes();
+  }
+  out->guard.fail_open = n.fail_open();
+  return absl::OkStatus();
+}
+
+// Resolves memory_source.static_source (a catalog GPU or a byte count) into
+// *out.
+absl::Status ResolveStaticSource(const kvgate::v1::StaticSourceConfig& st,
+                                 MemorySourceSettings* out) {
+  if (!st.gpu().empty() && st.memory_bytes() > 0) {
+    return Invalid("memory_source.static_source",
+                   "set gpu or memory_bytes, not both");
+  }
+  if (st.memory_bytes() > 0) {
+    out->static_device_bytes = st.memory_bytes();
+    out->static_device_name = "custom";
+    return absl::OkStatus();
+  }
+  const std::string gpu = st.gpu().empty() ? kDefaultStaticGpu : st.gpu();
+  absl::StatusOr<const GpuSpec*> spec = FindGpu(gpu);
+  if (!spec.ok()) {
+    return Invalid("memory_source.static_source.gpu", spec.status().message());
+  }
+  out->static_device_bytes = (*spec)->allocatable_bytes;
+  out->static_device_name = std::string((*spec)->name);
+  return absl::OkStatus();
+}
+
+// Resolves the queue limits, lease_ttl and tenant_weights into *c.
+absl::Status ResolveQueueAndLeases(const kvgate::v1::ServerConfig& config,
+                                   Controller::Options* c) {
+  const kvgate::v1::QueueConfig& q = config.queue();
+  if (q.max_requests() > 1000000) {
+    return Invalid("queue.max_requests", "must be at most 1000000");
+  }
+  c->max_queue_requests = q.max_requests() == 0 ? 1024 : q.max_requests();
+  c->max_queue_bytes = q.max_bytes();
+  if (q.has_max_queue_wait()) {
+    c->max_queue_wait = FromProto(q.max_queue_wait());
+    if (c->max_queue_wait <= absl::ZeroDuration() ||
+        c->max_queue_wait > absl::Hours(1)) {
+      return Invalid("queue.max_queue_wait", "must be in (0, 1h]");
+    }
+  }
+  if (q.backfill_limit() > 0) c->backfill_limit = q.backfill_limit();
+  if (config.has_lease_ttl()) {
+    c->lease_ttl = FromProto(config.lease_ttl());
+    if (c->lease_ttl < absl::Seconds(1) || c->lease_ttl > absl::Hours(24)) {
+      return Invalid("lease_ttl", "must be between 1s and 24h");
+    }
+  }
+  for (const auto& [tenant, weight] : config.tenant_weights()) {
+    if (!(weight > 0) || !std::isfinite(weight)) {
+      return Invalid(absl::StrCat("tenant_weights[\"", tenant, "\"]"),
+                     "must be a positive number");
+    }
+    c->tenant_weights[tenant] = weight;
+  }
+  return absl::OkStatus();
+}
+
+// Resolves lease_journal (state_dir, fsync policy and interval) into *out.
+absl::Status ResolveLeaseJournal(const kvgate::v1::LeaseJournalConfig& journal,
+                                 LeaseJournal::Options* out) {
+  out->state_dir = journal.state_dir();
+  if (!journal.fsync().empty()) {
+    absl::StatusOr<LeaseJournal::FsyncPolicy> policy =
+        LeaseJournal::ParseFsyncPolicy(journal.fsync());
+    if (!policy.ok()) {
+      return Invalid("lease_journal.fsync", policy.status().message());
+    }
+    out->fsync = *policy;
+  }
+  if (journal.has_fsync_interval()) {
+    out->fsync_interval = FromProto(journal.fsync_interval());
+    if (out->fsync_interval < absl::Milliseconds(1) ||
+        out->fsync_interval > absl::Minutes(1)) {
+      return Invalid("lease_journal.fsync_interval",
+                     "must be between 1ms and 1m");
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<uint32_t> ParseSocketMode(absl::string_view text) {
@@ -256,134 +398,26 @@ absl::StatusOr<ServerSettings> ResolveServerConfig(
   ServerSettings s;
   if (!config.grpc_address().empty()) s.grpc_address = config.grpc_address();
   s.metrics_address = config.metrics_address();
-
-  // Models.
-  kvgate::v1::ServerConfig with_default = config;
-  if (with_default.models().empty()) {
-    kvgate::v1::ModelConfig* m = with_default.add_models();
-    m->set_name(kDefaultPreset);
-    m->set_preset(kDefaultPreset);
-  }
-  absl::flat_hash_set<std::string> names;
-  for (int i = 0; i < with_default.models_size(); ++i) {
-    const kvgate::v1::ModelConfig& m = with_default.models(i);
-    const std::string field = absl::StrCat("models[", i, "]");
-    std::string name = m.name();
-    if (name.empty()) name = !m.preset().empty() ? m.preset() : "";
-    if (name.empty()) return Invalid(field + ".name", "is required");
-    if (!names.insert(name).second) {
-      return Invalid(field + ".name",
-                     absl::StrCat("duplicate model '", name, "'"));
-    }
-    absl::StatusOr<ServingModel> model = ResolveModel(m, field);
-    if (!model.ok()) return model.status();
-    const double util =
-        m.gpu_memory_utilization() == 0 ? 0.9 : m.gpu_memory_utilization();
-    if (!(util > 0 && util <= 1)) {
-      return Invalid(field + ".gpu_memory_utilization", "must be in (0, 1]");
-    }
-    ModelPoolSettings pool{name, *std::move(model), {}, util, 0, false};
-    pool.runtime_overhead_bytes =
-        m.has_runtime_overhead_bytes() ? m.runtime_overhead_bytes() : 0;
-    pool.activation_sum = m.activation_sum();
-    pool.gpus.assign(m.gpus().begin(), m.gpus().end());
-    if (pool.gpus.empty()) {
-      for (uint32_t g = 0; g < pool.model.options().tensor_parallel; ++g) {
-        pool.gpus.push_back(absl::StrCat(g));
-      }
-    }
-    s.models.push_back(std::move(pool));
-  }
-
-  // Memory source.
+  // The sections are checked in this order, so the first error reported for
+  // a config with several is stable.
+  if (absl::Status st = ResolveModels(config, &s); !st.ok()) return st;
   const kvgate::v1::MemorySourceConfig& src = config.memory_source();
-  if (src.has_nvml()) {
-    const kvgate::v1::NvmlSourceConfig& n = src.nvml();
-    s.memory_source.kind = MemorySourceSettings::Kind::kNvml;
-    if (!n.library_path().empty())
-      s.memory_source.nvml_library = n.library_path();
-    if (n.has_poll_interval()) {
-      s.memory_source.poll_interval = FromProto(n.poll_interval());
-      if (s.memory_source.poll_interval < absl::Milliseconds(10) ||
-          s.memory_source.poll_interval > absl::Minutes(1)) {
-        return Invalid("memory_source.nvml.poll_interval",
-                       "must be between 10ms and 1m");
-      }
-    }
-    if (n.free_margin_bytes() > 0) {
-      s.memory_source.guard.free_margin_bytes = n.free_margin_bytes();
-    }
-    s.memory_source.guard.fail_open = n.fail_open();
-  } else {
-    const kvgate::v1::StaticSourceConfig& st = src.static_source();
-    if (!st.gpu().empty() && st.memory_bytes() > 0) {
-      return Invalid("memory_source.static_source",
-                     "set gpu or memory_bytes, not both");
-    }
-    if (st.memory_bytes() > 0) {
-      s.memory_source.static_device_bytes = st.memory_bytes();
-      s.memory_source.static_device_name = "custom";
-    } else {
-      const std::string gpu = st.gpu().empty() ? kDefaultStaticGpu : st.gpu();
-      absl::StatusOr<const GpuSpec*> spec = FindGpu(gpu);
-      if (!spec.ok()) {
-        return Invalid("memory_source.static_source.gpu",
-                       spec.status().message());
-      }
-      s.memory_source.static_device_bytes = (*spec)->allocatable_bytes;
-      s.memory_source.static_device_name = std::string((*spec)->name);
-    }
+  if (absl::Status st =
+          src.has_nvml()
+              ? ResolveNvmlSource(src.nvml(), &s.memory_source)
+              : ResolveStaticSource(src.static_source(), &s.memory_source);
+      !st.ok()) {
+    return st;
   }
-
-  // Queue and leases.
-  const kvgate::v1::QueueConfig& q = config.queue();
-  Controller::Options& c = s.controller;
-  if (q.max_requests() > 1000000) {
-    return Invalid("queue.max_requests", "must be at most 1000000");
+  if (absl::Status st = ResolveQueueAndLeases(config, &s.controller);
+      !st.ok()) {
+    return st;
   }
-  c.max_queue_requests = q.max_requests() == 0 ? 1024 : q.max_requests();
-  c.max_queue_bytes = q.max_bytes();
-  if (q.has_max_queue_wait()) {
-    c.max_queue_wait = FromProto(q.max_queue_wait());
-    if (c.max_queue_wait <= absl::ZeroDuration() ||
-        c.max_queue_wait > absl::Hours(1)) {
-      return Invalid("queue.max_queue_wait", "must be in (0, 1h]");
-    }
-  }
-  if (q.backfill_limit() > 0) c.backfill_limit = q.backfill_limit();
-  if (config.has_lease_ttl()) {
-    c.lease_ttl = FromProto(config.lease_ttl());
-    if (c.lease_ttl < absl::Seconds(1) || c.lease_ttl > absl::Hours(24)) {
-      return Invalid("lease_ttl", "must be between 1s and 24h");
-    }
-  }
-  for (const auto& [tenant, weight] : config.tenant_weights()) {
-    if (!(weight > 0) || !std::isfinite(weight)) {
-      return Invalid(absl::StrCat("tenant_weights[\"", tenant, "\"]"),
-                     "must be a positive number");
-    }
-    c.tenant_weights[tenant] = weight;
-  }
-  if (absl::Status security = ResolveSecurity(config, &s); !security.ok()) {
-    return security;
-  }
-  const kvgate::v1::LeaseJournalConfig& journal = config.lease_journal();
-  s.lease_journal.state_dir = journal.state_dir();
-  if (!journal.fsync().empty()) {
-    absl::StatusOr<LeaseJournal::FsyncPolicy> policy =
-        LeaseJournal::ParseFsyncPolicy(journal.fsync());
-    if (!policy.ok()) {
-      return Invalid("lease_journal.fsync", policy.status().message());
-    }
-    s.lease_journal.fsync = *policy;
-  }
-  if (journal.has_fsync_interval()) {
-    s.lease_journal.fsync_interval = FromProto(journal.fsync_interval());
-    if (s.lease_journal.fsync_interval < absl::Milliseconds(1) ||
-        s.lease_journal.fsync_interval > absl::Minutes(1)) {
-      return Invalid("lease_journal.fsync_interval",
-                     "must be between 1ms and 1m");
-    }
+  if (absl::Status st = ResolveSecurity(config, &s); !st.ok()) return st;
+  if (absl::Status st =
+          ResolveLeaseJournal(config.lease_journal(), &s.lease_journal);
+      !st.ok()) {
+    return st;
   }
   return s;
 }

@@ -83,6 +83,46 @@ Status ToResponse(AdmitOutcome outcome, kvgate::v1::AdmitResponse* response) {
   return Status::OK;
 }
 
+// Finishes the call on gRPC's default reactor, inline (no thread hop).
+grpc::ServerUnaryReactor* FinishInline(grpc::CallbackServerContext* context,
+                                       const Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+// Answers an Admit that arrives while draining: REJECTED/DRAINING.
+grpc::ServerUnaryReactor* AnswerDraining(grpc::CallbackServerContext* context,
+                                         kvgate::v1::AdmitResponse* response) {
+  response->set_decision(kvgate::v1::REJECTED);
+  response->set_reason("DRAINING");
+  response->set_message("kvgated is shutting down");
+  return FinishInline(context, Status::OK);
+}
+
+// Accounts the ticket to the authenticated caller's tenant; CRITICAL jumps
+// the queue and sheds others, so it is kept only for callers allowed it.
+void ApplyCaller(CallerIdentity* caller, AdmitTicket* ticket) {
+  ticket->tenant = std::move(caller->tenant);
+  if (!caller->allow_critical && ticket->priority == Priority::kCritical) {
+    ticket->priority = Priority::kStandard;
+  }
+}
+
+// The deadline is the earlier of the gRPC deadline and max_queue_wait (set
+// by TicketFromRequest); the controller caps it further at its configured
+// maximum.
+void CapAtGrpcDeadline(const grpc::CallbackServerContext& context,
+                       absl::Time now, AdmitTicket* ticket) {
+  if (context.deadline() != std::chrono::system_clock::time_point::max()) {
+    // The gRPC deadline is on the system clock; carry the remaining time
+    // over to the injected clock.
+    const absl::Duration left =
+        absl::FromChrono(context.deadline()) - absl::Now();
+    ticket->deadline = std::min(ticket->deadline, now + left);
+  }
+}
+
 }  // namespace
 
 // One Admit between the handler and the controller's callback. The callback
@@ -101,6 +141,10 @@ struct AdmissionService::AdmitCall {
   std::atomic<int> state{kPending};
   AdmitOutcome outcome;             // set by the callback before kAnswered
   AdmitReactor* reactor = nullptr;  // set by the handler before kHandedOver
+
+  // The controller's callback: leaves the outcome for the handler, or, once
+  // handed over, has the reactor finish the call.
+  void Deliver(AdmitOutcome answer);
 };
 
 // A unary reactor for an Admit that waits in a controller's queue. The
@@ -167,6 +211,17 @@ class AdmissionService::AdmitReactor final : public grpc::ServerUnaryReactor {
   kvgate::v1::AdmitResponse* const response_;
 };
 
+void AdmissionService::AdmitCall::Deliver(AdmitOutcome answer) {
+  outcome = std::move(answer);
+  int expected = kPending;
+  if (state.compare_exchange_strong(expected, kAnswered,
+                                    std::memory_order_acq_rel)) {
+    return;  // the handler picks the outcome up
+  }
+  // Handed over: the reactor (which owns this call) finishes the call.
+  reactor->Answer(std::move(outcome));
+}
+
 AdmissionService::AdmissionService(const ModelRegistry* registry, Clock* clock,
                                    KvgateMetrics* metrics, Options options)
     : registry_(registry),
@@ -200,6 +255,21 @@ Status AdmissionService::FindPool(const std::string& model,
   return Status::OK;
 }
 
+absl::StatusOr<AdmitTicket> AdmissionService::MakeTicket(
+    const grpc::CallbackServerContext& context,
+    const kvgate::v1::AdmitRequest& request, const ModelPool& pool,
+    CallerIdentity* caller, absl::Time now) const {
+  absl::StatusOr<AdmitTicket> ticket = TicketFromRequest(
+      request, pool.model(),
+      AdmitRequestLimits{options_.max_sequences, options_.max_id_bytes}, now);
+  if (!ticket.ok()) return ticket;
+  if (options_.authenticator != nullptr) {
+    ApplyCaller(caller, &*ticket);
+  }
+  CapAtGrpcDeadline(context, now, &*ticket);
+  return ticket;
+}
+
 grpc::ServerUnaryReactor* AdmissionService::Admit(
     grpc::CallbackServerContext* context,
     const kvgate::v1::AdmitRequest* request,
@@ -211,86 +281,62 @@ grpc::ServerUnaryReactor* AdmissionService::Admit(
   const absl::Time now = clock_->Now();
   absl::StatusOr<AdmitTicket> ticket = absl::FailedPreconditionError("");
   if (status.ok()) {
-    ticket = TicketFromRequest(
-        *request, pool->model(),
-        AdmitRequestLimits{options_.max_sequences, options_.max_id_bytes}, now);
+    ticket = MakeTicket(*context, *request, *pool, &caller, now);
     if (!ticket.ok()) status = FromAbsl(ticket.status());
   }
-  if (!status.ok()) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(status);
-    return reactor;
-  }
-  if (options_.authenticator != nullptr) {
-    ticket->tenant = std::move(caller.tenant);
-    // CRITICAL jumps the queue and sheds others: only for callers allowed.
-    if (!caller.allow_critical && ticket->priority == Priority::kCritical) {
-      ticket->priority = Priority::kStandard;
-    }
-  }
-  // The deadline is the earlier of the gRPC deadline and max_queue_wait
-  // (set by TicketFromRequest); the controller caps it further at its
-  // configured maximum.
-  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
-    // The gRPC deadline is on the system clock; carry the remaining time
-    // over to the injected clock.
-    const absl::Duration left =
-        absl::FromChrono(context->deadline()) - absl::Now();
-    ticket->deadline = std::min(ticket->deadline, now + left);
-  }
+  if (!status.ok()) return FinishInline(context, status);
   if (draining_.load(std::memory_order_relaxed)) {
-    response->set_decision(kvgate::v1::REJECTED);
-    response->set_reason("DRAINING");
-    response->set_message("kvgated is shutting down");
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(Status::OK);
-    return reactor;
+    return AnswerDraining(context, response);
   }
+  return AdmitToController(context, &pool->controller(), *std::move(ticket),
+                           now, response);
+}
 
+grpc::ServerUnaryReactor* AdmissionService::AdmitToController(
+    grpc::CallbackServerContext* context, Controller* controller,
+    AdmitTicket&& ticket, absl::Time now, kvgate::v1::AdmitResponse* response) {
   auto call = std::make_unique<AdmitCall>();
   AdmitCall* raw = call.get();
-  Controller& controller = pool->controller();
-  absl::StatusOr<uint64_t> handle =
-      controller.Admit(*std::move(ticket), [raw](AdmitOutcome outcome) {
-        raw->outcome = std::move(outcome);
-        int expected = AdmitCall::kPending;
-        if (raw->state.compare_exchange_strong(expected, AdmitCall::kAnswered,
-                                               std::memory_order_acq_rel)) {
-          return;  // the handler picks the outcome up
-        }
-        // Handed over: the reactor (which owns `raw`) finishes the call.
-        raw->reactor->Answer(std::move(raw->outcome));
-      });
+  absl::StatusOr<uint64_t> handle = controller->Admit(
+      std::move(ticket),
+      [raw](AdmitOutcome outcome) { raw->Deliver(std::move(outcome)); });
   Status answer_status;
   if (!handle.ok()) {
     // The callback never runs.
     answer_status = FromAbsl(handle.status());
-  } else if (call->state.load(std::memory_order_acquire) !=
-             AdmitCall::kAnswered) {
-    // Queued: hand over to a reactor of its own, unless the answer arrives
-    // from another thread in the meantime.
-    auto* reactor =
-        new AdmitReactor(&calls_, std::move(call), &controller, *handle,
-                         metrics_, clock_, now, response, context);
-    raw->reactor = reactor;
-    HandOff(reactor);  // to gRPC, which runs OnCancel/OnDone
-    calls_.Begin();    // ended by the reactor's OnDone
-    int expected = AdmitCall::kPending;
-    if (raw->state.compare_exchange_strong(expected, AdmitCall::kHandedOver,
-                                           std::memory_order_acq_rel)) {
-      return reactor;
+  } else {
+    if (call->state.load(std::memory_order_acquire) != AdmitCall::kAnswered) {
+      AdmitReactor* reactor =
+          HandOver(context, controller, *handle, now, response, &call);
+      if (reactor != nullptr) return reactor;
     }
-    calls_.End();
-    // Answered after all: the reactor was never returned to gRPC.
-    call = reactor->TakeCall();
-    delete reactor;
-  }
-  if (handle.ok())
     answer_status = ToResponse(std::move(call->outcome), response);
+  }
   if (metrics_ != nullptr) metrics_->ObserveAdmitDuration(clock_->Now() - now);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(answer_status);
-  return reactor;
+  return FinishInline(context, answer_status);
+}
+
+AdmissionService::AdmitReactor* AdmissionService::HandOver(
+    grpc::CallbackServerContext* context, Controller* controller,
+    uint64_t handle, absl::Time now, kvgate::v1::AdmitResponse* response,
+    std::unique_ptr<AdmitCall>* call) {
+  AdmitCall* raw = call->get();
+  auto* reactor =
+      new AdmitReactor(&calls_, std::move(*call), controller, handle, metrics_,
+                       clock_, now, response, context);
+  raw->reactor = reactor;
+  HandOff(reactor);  // to gRPC, which runs OnCancel/OnDone
+  calls_.Begin();    // ended by the reactor's OnDone
+  int expected = AdmitCall::kPending;
+  if (raw->state.compare_exchange_strong(expected, AdmitCall::kHandedOver,
+                                         std::memory_order_acq_rel)) {
+    return reactor;
+  }
+  calls_.End();
+  // Answered after all: the reactor was never returned to gRPC.
+  *call = reactor->TakeCall();
+  delete reactor;
+  return nullptr;
 }
 
 grpc::ServerUnaryReactor* AdmissionService::Release(

@@ -10,6 +10,7 @@
 #define KVGATE_PLUGIN_SERVER_KVGATE_SERVICE_H_
 
 #include <atomic>
+#include <memory>
 
 #include "grpcpp/grpcpp.h"
 #include "kvgate/v1/admission.grpc.pb.h"
@@ -79,6 +80,30 @@ class AdmissionService final : public kvgate::v1::Admission::CallbackService {
 
   // Finds the pool for `model`; NOT_FOUND / UNAVAILABLE as a gRPC status.
   grpc::Status FindPool(const std::string& model, ModelPool** pool) const;
+
+  // The ticket for an Admit to `pool`: validated, accounted to the
+  // authenticated *caller (its tenant moved out; with an authenticator) and
+  // with its deadline capped at the gRPC one.
+  absl::StatusOr<AdmitTicket> MakeTicket(
+      const grpc::CallbackServerContext& context,
+      const kvgate::v1::AdmitRequest& request, const ModelPool& pool,
+      CallerIdentity* caller, absl::Time now) const;
+
+  // Hands `ticket` to `controller` and answers the call: inline when decided
+  // at once, else through an AdmitReactor that the controller's callback
+  // finishes.
+  grpc::ServerUnaryReactor* AdmitToController(
+      grpc::CallbackServerContext* context, Controller* controller,
+      AdmitTicket&& ticket, absl::Time now,
+      kvgate::v1::AdmitResponse* response);
+
+  // For a queued Admit: moves *call into a new AdmitReactor and returns it
+  // (for gRPC), unless the answer arrived from another thread in the
+  // meantime; then *call is back and the result null.
+  AdmitReactor* HandOver(grpc::CallbackServerContext* context,
+                         Controller* controller, uint64_t handle,
+                         absl::Time now, kvgate::v1::AdmitResponse* response,
+                         std::unique_ptr<AdmitCall>* call);
 
   const ModelRegistry* registry_;
   Clock* clock_;

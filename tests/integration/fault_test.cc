@@ -119,8 +119,101 @@ class FaultTest : public KvgatedTest {
 
   std::string journal_path() const { return state_dir_ + "/leases.journal"; }
 
+  // After a restart from the journal: between `kept` and `kept` + 1 leases
+  // restored (the load lease of the moment may or may not have been
+  // released), logged once, and only what is left of `capacity` admitted.
+  void ExpectRestoredLeasesFillTheCapacity(int kept, int capacity);
+  // The restored leases `kept` are the old ones: released, renewed and
+  // returned to a retry by their old ids.
+  void ExpectOldLeaseIdsStillWork(const std::vector<std::string>& kept);
+
   std::string state_dir_;
 };
+
+// Admits then releases, one at a time, on a channel of its own, from a
+// thread of its own until stopped or a call fails (each has a 1 s deadline).
+class AdmitReleaseLoad {
+ public:
+  explicit AdmitReleaseLoad(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(Admission::NewStub(channel)), thread_([this] { Loop(); }) {}
+  ~AdmitReleaseLoad() { Stop(); }
+
+  // Waits until the load has made `cycles` admit/release cycles or for at
+  // most `limit` (it stops at its first failed call); the cycles made.
+  int WaitForCycles(int cycles, absl::Duration limit) {
+    const absl::Time give_up = absl::Now() + limit;
+    while (cycles_.load() < cycles && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return cycles_.load();
+  }
+
+  void Stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Loop() {
+    for (int i = 0; !stop_.load(); ++i) {
+      AdmitResponse admitted;
+      grpc::ClientContext admit_context;
+      SetDeadline(admit_context, absl::Seconds(1));
+      if (!stub_
+               ->Admit(&admit_context, Request(absl::StrCat("load-", i)),
+                       &admitted)
+               .ok()) {
+        return;
+      }
+      kvgate::v1::ReleaseRequest release;
+      release.set_lease_id(admitted.lease_id());
+      kvgate::v1::ReleaseResponse released;
+      grpc::ClientContext release_context;
+      SetDeadline(release_context, absl::Seconds(1));
+      if (!stub_->Release(&release_context, release, &released).ok()) return;
+      cycles_.fetch_add(1);
+    }
+  }
+
+  std::unique_ptr<Admission::Stub> stub_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> cycles_{0};
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+void FaultTest::ExpectRestoredLeasesFillTheCapacity(int kept, int capacity) {
+  const Budget budget = GetBudget();
+  EXPECT_GE(budget.active_leases(), static_cast<uint32_t>(kept));
+  EXPECT_LE(budget.active_leases(), static_cast<uint32_t>(kept + 1));
+  EXPECT_EQ(budget.reserved_bytes(),
+            shape().ReservedFor(budget.active_leases()));
+  const std::vector<nlohmann::json> replayed =
+      LogRecords(server_->Stderr(), "lease journal replayed");
+  ASSERT_EQ(replayed.size(), 1u) << server_->Stderr();
+  EXPECT_EQ(replayed[0].value("restored_leases", ""),
+            absl::StrCat(budget.active_leases()));
+
+  // What is left of the capacity is all that is admitted.
+  const int room = capacity - static_cast<int>(budget.active_leases());
+  for (int i = 0; i < room; ++i) AdmitOrFail(absl::StrCat("after-", i));
+  const AdmitResponse over = AdmitWaiting("over", absl::Milliseconds(100));
+  EXPECT_EQ(over.decision(), kvgate::v1::REJECTED);
+  EXPECT_EQ(over.reason(), "QUEUE_TIMEOUT");
+}
+
+void FaultTest::ExpectOldLeaseIdsStillWork(
+    const std::vector<std::string>& kept) {
+  uint64_t released = 0;
+  ASSERT_TRUE(Release(kept[0], &released).ok());
+  EXPECT_EQ(released, shape().total);  // its own kv + activation bytes
+  ASSERT_TRUE(Release(kept[0], &released).ok());
+  EXPECT_EQ(released, 0u);
+  ASSERT_TRUE(Renew(kept[1]).ok());
+  // A retry of a restored request gets its old lease back.
+  AdmitResponse retry;
+  ASSERT_TRUE(Admit(Request("kept-2"), &retry).ok());
+  EXPECT_EQ(retry.lease_id(), kept[2]);
+}
 
 // ---------------------------------------------------------------------------
 // Crash recovery.
@@ -141,77 +234,21 @@ TEST_F(FaultTest, KillNineUnderLoadRestoresLiveLeasesFromTheJournal) {
     kept.push_back(AdmitOrFail(absl::StrCat("kept-", i)));
   }
 
-  // Load: admit then release, one at a time, on a second connection.
-  std::atomic<bool> stop{false};
-  std::atomic<int> cycles{0};
-  auto load_stub = Admission::NewStub(server_->NewChannel());
-  std::thread load([&] {
-    for (int i = 0; !stop.load(); ++i) {
-      AdmitResponse admitted;
-      grpc::ClientContext admit_context;
-      SetDeadline(admit_context, absl::Seconds(1));
-      if (!load_stub
-               ->Admit(&admit_context, Request(absl::StrCat("load-", i)),
-                       &admitted)
-               .ok()) {
-        return;
-      }
-      kvgate::v1::ReleaseRequest release;
-      release.set_lease_id(admitted.lease_id());
-      kvgate::v1::ReleaseResponse released;
-      grpc::ClientContext release_context;
-      SetDeadline(release_context, absl::Seconds(1));
-      if (!load_stub->Release(&release_context, release, &released).ok()) {
-        return;
-      }
-      cycles.fetch_add(1);
-    }
-  });
   // Kill once the load has run a while; bounded, since the load thread
   // stops at its first failed call.
-  const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (cycles.load() < 50 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  const int cycles_before_kill = cycles.load();
+  AdmitReleaseLoad load(server_->NewChannel());
+  const int cycles_before_kill = load.WaitForCycles(50, absl::Seconds(10));
   Kill9();
-  stop.store(true);
-  load.join();  // each of its calls has a 1 s deadline
+  load.Stop();  // each of its calls has a 1 s deadline
   ASSERT_GE(cycles_before_kill, 50)
       << "the load made only " << cycles_before_kill
       << " admit/release cycles in 10 s before the kill";
 
   StartServer(options);
-  const Budget budget = GetBudget();
-  // The load lease of the moment may or may not have been released.
-  EXPECT_GE(budget.active_leases(), static_cast<uint32_t>(kKept));
-  EXPECT_LE(budget.active_leases(), static_cast<uint32_t>(kKept + 1));
-  EXPECT_EQ(budget.reserved_bytes(),
-            shape().ReservedFor(budget.active_leases()));
-  const std::vector<nlohmann::json> replayed =
-      LogRecords(server_->Stderr(), "lease journal replayed");
-  ASSERT_EQ(replayed.size(), 1u) << server_->Stderr();
-  EXPECT_EQ(replayed[0].value("restored_leases", ""),
-            absl::StrCat(budget.active_leases()));
-
-  // What is left of the capacity is all that is admitted.
-  const int room = kCapacity - static_cast<int>(budget.active_leases());
-  for (int i = 0; i < room; ++i) AdmitOrFail(absl::StrCat("after-", i));
-  const AdmitResponse over = AdmitWaiting("over", absl::Milliseconds(100));
-  EXPECT_EQ(over.decision(), kvgate::v1::REJECTED);
-  EXPECT_EQ(over.reason(), "QUEUE_TIMEOUT");
-
+  ExpectRestoredLeasesFillTheCapacity(kKept, kCapacity);
+  if (HasFatalFailure()) return;
   // The engine releases a lease of the killed kvgated by its old id.
-  uint64_t released = 0;
-  ASSERT_TRUE(Release(kept[0], &released).ok());
-  EXPECT_EQ(released, shape().total);  // its own kv + activation bytes
-  ASSERT_TRUE(Release(kept[0], &released).ok());
-  EXPECT_EQ(released, 0u);
-  ASSERT_TRUE(Renew(kept[1]).ok());
-  // A retry of a restored request gets its old lease back.
-  AdmitResponse retry;
-  ASSERT_TRUE(Admit(Request("kept-2"), &retry).ok());
-  EXPECT_EQ(retry.lease_id(), kept[2]);
+  ExpectOldLeaseIdsStillWork(kept);
 }
 
 // A torn last record (the write cut by the crash) and garbage after the
@@ -700,6 +737,69 @@ class OverloadRound {
   Figures figures_ ABSL_GUARDED_BY(mu_);
 };
 
+// OverloadRound::kChannels stubs, each on a connection of its own (channels
+// with equal arguments share one).
+std::vector<std::unique_ptr<Admission::Stub>> OverloadStubs(
+    const std::string& address) {
+  std::vector<std::unique_ptr<Admission::Stub>> stubs;
+  for (int i = 0; i < OverloadRound::kChannels; ++i) {
+    grpc::ChannelArguments args;
+    args.SetInt("kvgate.test.connection", i);
+    stubs.push_back(Admission::NewStub(grpc::CreateCustomChannel(
+        address, grpc::InsecureChannelCredentials(), args)));
+  }
+  return stubs;
+}
+
+// Prints one round's figures and checks them: every call answered once,
+// none failed otherwise, most admitted, and nothing left behind.
+void ExpectRoundAnsweredAndLeftNothing(int round,
+                                       const OverloadRound::Figures& f,
+                                       const Budget& budget, uint64_t rss,
+                                       absl::Duration took) {
+  std::printf(
+      "overload round %d: calls %d, answered %d (twice: %d), admitted %d, "
+      "rejected %d, cancelled %d, deadline exceeded %d, other errors %d, "
+      "orphaned leases recovered %d; after releases: reserved %llu bytes, "
+      "active %u, queued %u; kvgated VmRSS %llu KiB; %.1f s\n",
+      round, f.calls, f.answered, f.answered_twice, f.admitted, f.rejected,
+      f.cancelled, f.deadline_exceeded, f.other_errors, f.orphans_recovered,
+      static_cast<unsigned long long>(budget.reserved_bytes()),
+      budget.active_leases(), budget.queued_requests(),
+      static_cast<unsigned long long>(rss), absl::ToDoubleSeconds(took));
+  EXPECT_EQ(f.answered, f.calls);
+  EXPECT_EQ(f.answered_twice, 0);
+  EXPECT_EQ(f.other_errors, 0);
+  EXPECT_EQ(f.admitted + f.rejected + f.cancelled + f.deadline_exceeded,
+            f.calls);
+  EXPECT_GT(f.admitted, f.calls / 2);
+  EXPECT_EQ(budget.reserved_bytes(), 0u) << "leaked bytes";
+  EXPECT_EQ(budget.active_leases(), 0u);
+  EXPECT_EQ(budget.queued_requests(), 0u);
+}
+
+// Soak. A leak grows RSS in every round; a new high-water mark (a deeper
+// queue than before: bigger tables, more gRPC buffers) in one round only.
+// So the median growth per round after the warm-up must stay under 1 MiB
+// (a leak of 100 bytes a call would be 1 MiB a round), and the whole
+// growth under 32 MiB.
+void ExpectNoGrowthAfterWarmUp(const std::vector<uint64_t>& rss_kib,
+                               int warm_up_rounds) {
+  std::vector<int64_t> growth;
+  for (size_t round = warm_up_rounds; round < rss_kib.size(); ++round) {
+    growth.push_back(static_cast<int64_t>(rss_kib[round]) -
+                     static_cast<int64_t>(rss_kib[round - 1]));
+  }
+  std::sort(growth.begin(), growth.end());
+  const int64_t median_kib =
+      (growth[(growth.size() - 1) / 2] + growth[growth.size() / 2]) / 2;
+  ASSERT_GT(rss_kib.front(), 0u);
+  EXPECT_LT(median_kib, 1024) << "kvgated grows every round";
+  EXPECT_LT(rss_kib.back(), rss_kib[warm_up_rounds - 1] + 32 * 1024)
+      << "kvgated grew from " << rss_kib[warm_up_rounds - 1] << " KiB to "
+      << rss_kib.back() << " KiB";
+}
+
 TEST_F(FaultTest,
        TenThousandConcurrentAdmitsAreEachAnsweredOnceAndLeakNothing) {
   // Room for 64 leases at once: nearly every call waits in the queue.
@@ -716,14 +816,8 @@ TEST_F(FaultTest,
   // default arenas, and under 0.3 MiB after round 2 with one), not kvgated.
   options.env = {{"MALLOC_ARENA_MAX", "1"}};
   StartServer(options);
-  std::vector<std::unique_ptr<Admission::Stub>> stubs;
-  for (int i = 0; i < OverloadRound::kChannels; ++i) {
-    grpc::ChannelArguments args;
-    // A connection of its own (channels with equal arguments share one).
-    args.SetInt("kvgate.test.connection", i);
-    stubs.push_back(Admission::NewStub(grpc::CreateCustomChannel(
-        server_->address(), grpc::InsecureChannelCredentials(), args)));
-  }
+  const std::vector<std::unique_ptr<Admission::Stub>> stubs =
+      OverloadStubs(server_->address());
 
   // Rounds 0 and 1 warm up (gRPC's and the allocator's pools reach their
   // working size); the rounds after them must not grow.
@@ -744,51 +838,15 @@ TEST_F(FaultTest,
       FAIL() << "overload round " << round << " did not finish";
     }
     const Budget budget = GetBudget();
-    const uint64_t rss = RssKiB(server_->pid());
-    rss_kib.push_back(rss);
-    std::printf(
-        "overload round %d: calls %d, answered %d (twice: %d), admitted %d, "
-        "rejected %d, cancelled %d, deadline exceeded %d, other errors %d, "
-        "orphaned leases recovered %d; after releases: reserved %llu bytes, "
-        "active %u, queued %u; kvgated VmRSS %llu KiB; %.1f s\n",
-        round, f.calls, f.answered, f.answered_twice, f.admitted, f.rejected,
-        f.cancelled, f.deadline_exceeded, f.other_errors, f.orphans_recovered,
-        static_cast<unsigned long long>(budget.reserved_bytes()),
-        budget.active_leases(), budget.queued_requests(),
-        static_cast<unsigned long long>(rss),
-        absl::ToDoubleSeconds(absl::Now() - start));
-    EXPECT_EQ(f.answered, f.calls);
-    EXPECT_EQ(f.answered_twice, 0);
-    EXPECT_EQ(f.other_errors, 0);
-    EXPECT_EQ(f.admitted + f.rejected + f.cancelled + f.deadline_exceeded,
-              f.calls);
-    EXPECT_GT(f.admitted, f.calls / 2);
+    rss_kib.push_back(RssKiB(server_->pid()));
+    ExpectRoundAnsweredAndLeftNothing(round, f, budget, rss_kib.back(),
+                                      absl::Now() - start);
     cancelled += f.cancelled;
     deadline_exceeded += f.deadline_exceeded;
-    EXPECT_EQ(budget.reserved_bytes(), 0u) << "leaked bytes";
-    EXPECT_EQ(budget.active_leases(), 0u);
-    EXPECT_EQ(budget.queued_requests(), 0u);
   }
   EXPECT_GT(cancelled, 0);
   EXPECT_GT(deadline_exceeded, 0);
-  // Soak. A leak grows RSS in every round; a new high-water mark (a deeper
-  // queue than before: bigger tables, more gRPC buffers) in one round only.
-  // So the median growth per round after the warm-up must stay under 1 MiB
-  // (a leak of 100 bytes a call would be 1 MiB a round), and the whole
-  // growth under 32 MiB.
-  std::vector<int64_t> growth;
-  for (int round = kWarmUpRounds; round < kRounds; ++round) {
-    growth.push_back(static_cast<int64_t>(rss_kib[round]) -
-                     static_cast<int64_t>(rss_kib[round - 1]));
-  }
-  std::sort(growth.begin(), growth.end());
-  const int64_t median_kib =
-      (growth[(growth.size() - 1) / 2] + growth[growth.size() / 2]) / 2;
-  ASSERT_GT(rss_kib.front(), 0u);
-  EXPECT_LT(median_kib, 1024) << "kvgated grows every round";
-  EXPECT_LT(rss_kib.back(), rss_kib[kWarmUpRounds - 1] + 32 * 1024)
-      << "kvgated grew from " << rss_kib[kWarmUpRounds - 1] << " KiB to "
-      << rss_kib.back() << " KiB";
+  ExpectNoGrowthAfterWarmUp(rss_kib, kWarmUpRounds);
 }
 
 }  // namespace

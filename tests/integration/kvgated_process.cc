@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -365,87 +366,82 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
   return serving;
 }
 
-absl::StatusOr<std::vector<std::string>> ReflectionListServices(
-    const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
-  // Everything gRPC may still touch, in one object that is leaked rather
-  // than freed under gRPC should the call hang (a failure reported below).
-  struct Call {
-    grpc::CompletionQueue cq;
-    grpc::ClientContext context;
-    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
-    grpc::ByteBuffer request;
-    grpc::ByteBuffer response;
-    grpc::Status status;
-    int tags[5] = {};
-  };
-  auto c = std::make_unique<Call>();
-  grpc::GenericStub stub(channel);
-  SetDeadline(c->context, timeout);
-  c->stream = stub.PrepareCall(
-      &c->context,
-      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &c->cq);
-  if (c->stream == nullptr) return absl::InternalError("PrepareCall failed");
-  // Each step posts one tag; wait for it in order, no later than the call's
-  // deadline plus a grace (gRPC completes every tag by then).
-  const auto give_up =
-      absl::ToChronoTime(absl::Now() + timeout + kCompletionGrace);
+namespace {
+
+// One ServerReflectionInfo call: everything gRPC may still touch, in one
+// object that is leaked rather than freed under gRPC should the call hang (a
+// failure reported by the caller).
+struct ReflectionCall {
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+  grpc::Status status;
+  int tags[5] = {};
+  // Each step posts one tag, awaited no later than the call's deadline plus
+  // a grace (gRPC completes every tag by then).
+  std::chrono::system_clock::time_point give_up;
   bool hung = false;
-  auto step = [&](void* tag) {
+
+  // Waits for the next event; true if it is `tag`, completed ok. Once the
+  // queue has timed out (hung), cancels the call and answers false.
+  bool Step(void* tag) {
     void* got = nullptr;
     bool ok = false;
     if (hung) return false;
-    if (c->cq.AsyncNext(&got, &ok, give_up) !=
+    if (cq.AsyncNext(&got, &ok, give_up) !=
         grpc::CompletionQueue::NextStatus::GOT_EVENT) {
       hung = true;
-      c->context.TryCancel();
+      context.TryCancel();
       return false;
     }
     return got == tag && ok;
-  };
-  // ServerReflectionRequest { string list_services = 7; }
-  c->request = ToByteBuffer(LengthDelimited(7, "*"));
-  bool ok = true;
-  c->stream->StartCall(&c->tags[0]);
-  ok = ok && step(&c->tags[0]);
-  if (ok) c->stream->Write(c->request, &c->tags[1]);
-  ok = ok && step(&c->tags[1]);
-  if (ok) c->stream->WritesDone(&c->tags[2]);
-  ok = ok && step(&c->tags[2]);
-  bool read = false;
-  if (ok) {
-    c->stream->Read(&c->response, &c->tags[3]);
-    read = step(&c->tags[3]);
   }
-  c->stream->Finish(&c->status, &c->tags[4]);
-  step(&c->tags[4]);
-  if (hung) {
-    ADD_FAILURE() << "(test) reflection call not completed " << kCompletionGrace
-                  << " past its deadline";
-    c.release();  // leaked: gRPC may still use it
-    return absl::DeadlineExceededError("(test) reflection call hung");
-  }
-  c->cq.Shutdown();
-  void* tag = nullptr;
-  bool drained_ok = false;
-  grpc::CompletionQueue::NextStatus next;
-  while ((next = c->cq.AsyncNext(&tag, &drained_ok, give_up)) ==
-         grpc::CompletionQueue::NextStatus::GOT_EVENT) {
-  }
-  if (next != grpc::CompletionQueue::NextStatus::SHUTDOWN) {
-    ADD_FAILURE() << "(test) reflection call's queue not drained "
-                  << kCompletionGrace << " past its deadline";
-    c.release();  // leaked: gRPC may still use it
-    return absl::DeadlineExceededError("(test) reflection call hung");
-  }
-  if (!c->status.ok()) return FromGrpc(c->status);
-  if (!ok || !read) return absl::UnknownError("reflection stream failed");
-  const grpc::ByteBuffer& response = c->response;
 
-  // ServerReflectionResponse { ListServiceResponse list_services_response = 6 }
-  // ListServiceResponse { repeated ServiceResponse service = 1; }
-  // ServiceResponse { string name = 1; }
+  // Start, write the list_services request, half-close, read one response
+  // and finish. *ok: the writes went through; *read: a response was read.
+  void Exchange(bool* ok, bool* read) {
+    // ServerReflectionRequest { string list_services = 7; }
+    request = ToByteBuffer(LengthDelimited(7, "*"));
+    *ok = true;
+    stream->StartCall(&tags[0]);
+    *ok = *ok && Step(&tags[0]);
+    if (*ok) stream->Write(request, &tags[1]);
+    *ok = *ok && Step(&tags[1]);
+    if (*ok) stream->WritesDone(&tags[2]);
+    *ok = *ok && Step(&tags[2]);
+    *read = false;
+    if (*ok) {
+      stream->Read(&response, &tags[3]);
+      *read = Step(&tags[3]);
+    }
+    stream->Finish(&status, &tags[4]);
+    Step(&tags[4]);
+  }
+
+  // Shuts the queue down and drains it; false if it is not drained by
+  // give_up.
+  bool Drain() {
+    cq.Shutdown();
+    void* tag = nullptr;
+    bool drained_ok = false;
+    grpc::CompletionQueue::NextStatus next;
+    while ((next = cq.AsyncNext(&tag, &drained_ok, give_up)) ==
+           grpc::CompletionQueue::NextStatus::GOT_EVENT) {
+    }
+    return next == grpc::CompletionQueue::NextStatus::SHUTDOWN;
+  }
+};
+
+// The service names in a serialized ServerReflectionResponse:
+// ServerReflectionResponse { ListServiceResponse list_services_response = 6 }
+// ListServiceResponse { repeated ServiceResponse service = 1; }
+// ServiceResponse { string name = 1; }
+absl::StatusOr<std::vector<std::string>> ParseServiceNames(
+    const std::string& bytes) {
   google::protobuf::UnknownFieldSet top;
-  if (!top.ParseFromString(FromByteBuffer(response))) {
+  if (!top.ParseFromString(bytes)) {
     return absl::DataLossError("unparsable ServerReflectionResponse");
   }
   std::vector<std::string> names;
@@ -465,6 +461,38 @@ absl::StatusOr<std::vector<std::string>> ReflectionListServices(
     }
   }
   return names;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ReflectionListServices(
+    const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
+  auto c = std::make_unique<ReflectionCall>();
+  grpc::GenericStub stub(channel);
+  SetDeadline(c->context, timeout);
+  c->stream = stub.PrepareCall(
+      &c->context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &c->cq);
+  if (c->stream == nullptr) return absl::InternalError("PrepareCall failed");
+  c->give_up = absl::ToChronoTime(absl::Now() + timeout + kCompletionGrace);
+  bool ok = false;
+  bool read = false;
+  c->Exchange(&ok, &read);
+  if (c->hung) {
+    ADD_FAILURE() << "(test) reflection call not completed " << kCompletionGrace
+                  << " past its deadline";
+    c.release();  // leaked: gRPC may still use it
+    return absl::DeadlineExceededError("(test) reflection call hung");
+  }
+  if (!c->Drain()) {
+    ADD_FAILURE() << "(test) reflection call's queue not drained "
+                  << kCompletionGrace << " past its deadline";
+    c.release();  // leaked: gRPC may still use it
+    return absl::DeadlineExceededError("(test) reflection call hung");
+  }
+  if (!c->status.ok()) return FromGrpc(c->status);
+  if (!ok || !read) return absl::UnknownError("reflection stream failed");
+  return ParseServiceNames(FromByteBuffer(c->response));
 }
 
 std::string HttpGet(int port, const std::string& path, absl::Duration timeout) {
