@@ -194,8 +194,11 @@ def check_links(path):
             if dep_layer is not None and dep_layer not in allowed:
                 errors.append(f"{target} (layer '{layer}') links {dep} "
                               f"(layer '{dep_layer}')")
-    kvgate_only = {t: {d for d in deps if d.startswith("kvgate")}
-                   for t, deps in graph.items() if t.startswith("kvgate")}
+    # The project's libraries and binaries (test executables are left out:
+    # CMake draws some of them with an edge to themselves).
+    ours = set(TARGETS) | set(SIDECAR_EXCLUDES) | {"kvgate"}
+    kvgate_only = {t: {d for d in deps if d in ours}
+                   for t, deps in graph.items() if t in ours}
     cycle = find_cycle(kvgate_only)
     if cycle:
         errors.append("link cycle: " + " -> ".join(cycle))
