@@ -8,14 +8,12 @@
 // The pool serves the gpt2 preset with a capacity of exactly two requests of
 // one shape (100 prompt tokens + 28 new tokens), whose bytes come from the
 // server's own Estimate RPC (KvgatedTest, in kvgated_process.h).
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "envoy/service/ext_proc/v3/external_processor.grpc.pb.h"
@@ -24,187 +22,25 @@
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "plugin/base/handoff.h"
 #include "tests/integration/kvgated_process.h"
+#include "tests/testing/ext_proc_client.h"
 
 namespace kvgate {
 namespace {
 
 using envoy::service::ext_proc::v3::ExternalProcessor;
 using envoy::service::ext_proc::v3::HeaderMutation;
-using envoy::service::ext_proc::v3::ProcessingRequest;
 using envoy::service::ext_proc::v3::ProcessingResponse;
 using kvgate::v1::Admission;
 
 constexpr absl::Duration kWait = kRpcTimeout;
 
-// An ext_proc stream as Envoy holds it: messages go out in order, answers
-// are collected as they arrive.
-class EnvoyStream final
-    : public grpc::ClientBidiReactor<ProcessingRequest, ProcessingResponse> {
- public:
-  explicit EnvoyStream(ExternalProcessor::Stub* stub) {
-    context_.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-    stub->async()->Process(&context_, this);
-    StartRead(&incoming_);
-    HandOff(this);  // callbacks run on gRPC threads
-    StartCall();
-  }
-  ~EnvoyStream() override {
-    context_.TryCancel();
-    absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), absl::Seconds(10))) {
-      ADD_FAILURE() << "(test) ext_proc stream not done 10 s after TryCancel";
-    }
-  }
-
-  void Send(const ProcessingRequest& request) {
-    absl::MutexLock lock(&mu_);
-    outgoing_.push_back(request);
-    if (!writing_) {
-      writing_ = true;
-      HandOff(this);
-      StartWrite(&outgoing_.front());
-    }
-  }
-  // Envoy is done with the request (half-close).
-  void Close() {
-    absl::MutexLock lock(&mu_);
-    close_pending_ = true;
-    if (!writing_) StartWritesDone();
-  }
-  // The client went away or the upstream reset: Envoy resets the stream.
-  void Abort() { context_.TryCancel(); }
-
-  // The next answer, or nullopt when none arrives within `wait`.
-  std::optional<ProcessingResponse> Next(absl::Duration wait = kWait) {
-    absl::MutexLock lock(&mu_);
-    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return !received_.empty() || reads_done_;
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&ready), wait);
-    if (received_.empty()) return std::nullopt;
-    ProcessingResponse r = std::move(received_.front());
-    received_.pop_front();
-    return r;
-  }
-
-  grpc::Status Status(absl::Duration wait = kWait) {
-    absl::MutexLock lock(&mu_);
-    if (!mu_.AwaitWithTimeout(absl::Condition(&done_), wait)) {
-      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "(test) open");
-    }
-    return status_;
-  }
-
-  void OnWriteDone(bool ok) override {
-    HandOffReceived(this);
-    absl::MutexLock lock(&mu_);
-    outgoing_.pop_front();
-    if (!ok) outgoing_.clear();
-    if (!outgoing_.empty()) {
-      StartWrite(&outgoing_.front());
-      return;
-    }
-    writing_ = false;
-    if (close_pending_ && ok) StartWritesDone();
-  }
-  void OnReadDone(bool ok) override {
-    HandOffReceived(this);
-    absl::MutexLock lock(&mu_);
-    if (!ok) {
-      reads_done_ = true;
-      return;
-    }
-    received_.push_back(incoming_);
-    StartRead(&incoming_);
-  }
-  void OnDone(const grpc::Status& status) override {
-    HandOffReceived(this);
-    absl::MutexLock lock(&mu_);
-    status_ = status;
-    done_ = true;
-  }
-
- private:
-  grpc::ClientContext context_;
-  ProcessingResponse incoming_;
-  absl::Mutex mu_;
-  std::deque<ProcessingRequest> outgoing_ ABSL_GUARDED_BY(mu_);
-  std::deque<ProcessingResponse> received_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool close_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
-};
-
-// Envoy's messages. Header values travel in raw_value, as Envoy sends them.
-ProcessingRequest RequestHeaders(
-    const std::string& method, const std::string& path,
-    const std::vector<std::pair<std::string, std::string>>& extra = {},
-    bool end_of_stream = false) {
-  ProcessingRequest r;
-  auto* headers = r.mutable_request_headers();
-  auto add = [headers](const std::string& k, const std::string& v) {
-    auto* h = headers->mutable_headers()->add_headers();
-    h->set_key(k);
-    h->set_raw_value(v);
-  };
-  add(":method", method);
-  add(":path", path);
-  add(":authority", "engine");
-  add("content-type", "application/json");
-  for (const auto& [k, v] : extra) add(k, v);
-  headers->set_end_of_stream(end_of_stream);
-  return r;
-}
-ProcessingRequest RequestBody(const std::string& bytes, bool end_of_stream) {
-  ProcessingRequest r;
-  r.mutable_request_body()->set_body(bytes);
-  r.mutable_request_body()->set_end_of_stream(end_of_stream);
-  return r;
-}
-ProcessingRequest ResponseHeaders(bool end_of_stream) {
-  ProcessingRequest r;
-  auto* h = r.mutable_response_headers()->mutable_headers()->add_headers();
-  h->set_key(":status");
-  h->set_raw_value("200");
-  r.mutable_response_headers()->set_end_of_stream(end_of_stream);
-  return r;
-}
-ProcessingRequest ResponseBody(const std::string& bytes, bool end_of_stream) {
-  ProcessingRequest r;
-  r.mutable_response_body()->set_body(bytes);
-  r.mutable_response_body()->set_end_of_stream(end_of_stream);
-  return r;
-}
-
-// The raw_value of `key` in `mutation`; nullopt when not set. Fails the test
-// when a value is carried in the ignored `value` field instead.
-std::optional<std::string> Header(const HeaderMutation& mutation,
-                                  const std::string& key) {
-  for (const auto& option : mutation.set_headers()) {
-    if (option.header().key() != key) continue;
-    EXPECT_EQ(option.header().value(), "") << key << " must use raw_value";
-    return option.header().raw_value();
-  }
-  return std::nullopt;
-}
-
 // A chat completion whose size comes from the trusted token-count header.
 std::string ChatBody(const std::string& model = kModel) {
-  return nlohmann::json{
-      {"model", model},
-      {"messages",
-       {{{"role", "user"}, {"content", "Tell me about KV caches."}}}},
-      {"max_tokens", kMaxNewTokens},
-      {"stream", true}}
-      .dump();
+  return ChatCompletionBody(model, kMaxNewTokens);
 }
-const std::vector<std::pair<std::string, std::string>> kChatHeaders = {
-    {"x-kvgate-prompt-tokens", absl::StrCat(kPromptTokens)},
-    {"x-kvgate-tenant", "tenant-a"}};
+const std::vector<std::pair<std::string, std::string>> kChatHeaders =
+    ChatHeaders(kPromptTokens);
 
 class ExtProcTest : public KvgatedTest {
  protected:

@@ -153,10 +153,6 @@ constexpr absl::Duration kCompletionGrace = absl::Seconds(10);
 
 }  // namespace
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
-
 KvgatedProcess::KvgatedProcess(Options options, pid_t pid,
                                std::string stdout_path, std::string stderr_path)
     : options_(std::move(options)),
@@ -547,24 +543,11 @@ double MetricValue(const std::string& body, const std::string& series) {
 // ---------------------------------------------------------------------------
 // The shared fixture.
 
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
 kvgate::v1::AdmitRequest Request(const std::string& request_id, int sequences,
                                  kvgate::v1::Priority priority,
                                  const std::string& tenant) {
-  kvgate::v1::AdmitRequest r;
-  r.set_request_id(request_id);
-  r.set_model(kModel);
-  r.set_tenant(tenant);
-  r.set_priority(priority);
-  for (int i = 0; i < sequences; ++i) {
-    kvgate::v1::Sequence* s = r.add_sequences();
-    s->set_prompt_tokens(kPromptTokens);
-    s->set_max_new_tokens(kMaxNewTokens);
-  }
-  return r;
+  return AdmitRequestOf(request_id, kModel, tenant, priority, sequences,
+                        kPromptTokens, kMaxNewTokens);
 }
 
 absl::StatusOr<ShapeBytes> ProbeShape(const std::string& binary) {
@@ -596,75 +579,6 @@ absl::StatusOr<ShapeBytes> ProbeShape(const std::string& binary) {
   }
   return ShapeBytes{estimate.kv_cache_bytes(), estimate.activation_bytes(),
                     estimate.total_bytes(), estimate.weights_bytes()};
-}
-
-// What the completion callback shares with the PendingAdmit.
-struct PendingAdmit::Completion {
-  absl::Mutex mu;
-  bool done ABSL_GUARDED_BY(mu) = false;
-  grpc::Status status ABSL_GUARDED_BY(mu);
-};
-
-// What gRPC writes to: owned by the PendingAdmit, not by the callback (a
-// ClientContext must not be destroyed inside gRPC, with the callback).
-struct PendingAdmit::Call {
-  grpc::ClientContext context;
-  kvgate::v1::AdmitRequest request;
-  kvgate::v1::AdmitResponse response;
-};
-
-PendingAdmit::PendingAdmit(kvgate::v1::Admission::Stub* stub,
-                           kvgate::v1::AdmitRequest request,
-                           absl::Duration timeout, const std::string& token)
-    : call_(std::make_unique<Call>()),
-      completion_(std::make_shared<Completion>()) {
-  call_->request = std::move(request);
-  SetDeadline(call_->context, timeout);
-  if (!token.empty()) {
-    call_->context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-  }
-  HandOff(call_.get());  // the callback runs on a gRPC thread
-  stub->async()->Admit(
-      &call_->context, &call_->request, &call_->response,
-      [completion = completion_, raw = call_.get()](grpc::Status status) {
-        HandOffReceived(raw);
-        absl::MutexLock lock(&completion->mu);
-        completion->status = std::move(status);
-        completion->done = true;
-      });
-}
-
-PendingAdmit::~PendingAdmit() {
-  call_->context.TryCancel();
-  if (!Answered(kCompletionGrace)) {
-    ADD_FAILURE() << "(test) Admit '" << call_->request.request_id()
-                  << "' not completed " << kCompletionGrace
-                  << " after TryCancel";
-    call_.release();  // leaked: gRPC may still use it
-  }
-}
-
-bool PendingAdmit::Answered(absl::Duration wait) const {
-  absl::MutexLock lock(&completion_->mu);
-  return completion_->mu.AwaitWithTimeout(absl::Condition(&completion_->done),
-                                          wait);
-}
-
-grpc::Status PendingAdmit::Wait(absl::Duration wait) const {
-  if (!Answered(wait)) {
-    return grpc::Status(
-        grpc::StatusCode::DEADLINE_EXCEEDED,
-        absl::StrCat("(test) no answer to Admit '", call_->request.request_id(),
-                     "' within ", absl::FormatDuration(wait)));
-  }
-  absl::MutexLock lock(&completion_->mu);
-  return completion_->status;
-}
-
-void PendingAdmit::Cancel() { call_->context.TryCancel(); }
-
-const kvgate::v1::AdmitResponse& PendingAdmit::response() const {
-  return call_->response;
 }
 
 namespace {
@@ -731,73 +645,17 @@ void KvgatedTest::Kill9() {
   server_.reset();
 }
 
-grpc::Status KvgatedTest::Admit(const kvgate::v1::AdmitRequest& request,
-                                kvgate::v1::AdmitResponse* response,
-                                const std::string& token) {
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  if (!token.empty()) {
-    context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-  }
-  return stub_->Admit(&context, request, response);
-}
-
 std::string KvgatedTest::AdmitOrFail(const std::string& request_id) {
-  kvgate::v1::AdmitResponse response;
-  const grpc::Status status = Admit(Request(request_id), &response);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED)
-      << response.ShortDebugString();
-  return response.lease_id();
+  return client().AdmitOrFail(Request(request_id));
 }
 
 kvgate::v1::AdmitResponse KvgatedTest::AdmitWaiting(
     const std::string& request_id, absl::Duration wait) {
-  kvgate::v1::AdmitRequest request = Request(request_id);
-  request.mutable_max_queue_wait()->set_seconds(
-      absl::IDivDuration(wait, absl::Seconds(1), &wait));
-  request.mutable_max_queue_wait()->set_nanos(
-      static_cast<int32_t>(absl::ToInt64Nanoseconds(wait)));
   kvgate::v1::AdmitResponse response;
-  const grpc::Status status = Admit(request, &response);
+  const grpc::Status status =
+      Admit(WithQueueWait(Request(request_id), wait), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
   return response;
-}
-
-grpc::Status KvgatedTest::Release(const std::string& lease_id,
-                                  uint64_t* released_bytes,
-                                  const std::string& token) {
-  kvgate::v1::ReleaseRequest request;
-  request.set_lease_id(lease_id);
-  kvgate::v1::ReleaseResponse response;
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  if (!token.empty()) {
-    context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-  }
-  const grpc::Status status = stub_->Release(&context, request, &response);
-  *released_bytes = response.released_bytes();
-  return status;
-}
-
-grpc::Status KvgatedTest::Renew(const std::string& lease_id) {
-  kvgate::v1::RenewRequest request;
-  request.set_lease_id(lease_id);
-  kvgate::v1::RenewResponse response;
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  return stub_->Renew(&context, request, &response);
-}
-
-kvgate::v1::Budget KvgatedTest::GetBudget() {
-  kvgate::v1::GetBudgetRequest request;
-  request.set_model(kModel);
-  kvgate::v1::Budget budget;
-  grpc::ClientContext context;
-  SetDeadline(context, kRpcTimeout);
-  const grpc::Status status = stub_->GetBudget(&context, request, &budget);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return budget;
 }
 
 bool KvgatedTest::WaitForQueued(uint32_t queued, absl::Duration timeout) {

@@ -21,8 +21,9 @@
 // KvgatedTest (at the bottom) is the fixture the integration suites share:
 // the bytes of one request shape, probed once from a throwaway kvgated; pool
 // configurations sized in that shape; starting kvgated with a connected
-// Admission stub; the Admission calls, each with a deadline; and
-// PendingAdmit, an Admit in flight. Every wait in it is bounded.
+// Admission stub; the Admission calls, each with a deadline (through
+// AdmissionClient and PendingAdmit, tests/testing/admission_client.h). Every
+// wait in it is bounded.
 #ifndef KVGATE_TESTS_INTEGRATION_KVGATED_PROCESS_H_
 #define KVGATE_TESTS_INTEGRATION_KVGATED_PROCESS_H_
 
@@ -42,6 +43,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "kvgate/v1/admission.grpc.pb.h"
+#include "tests/testing/admission_client.h"
 
 namespace kvgate {
 
@@ -161,9 +163,6 @@ inline constexpr uint32_t kMaxNewTokens = 28;
 // Deadline of each RPC (and bound of each wait) unless a test says otherwise.
 inline constexpr absl::Duration kRpcTimeout = absl::Seconds(5);
 
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout);
-absl::Duration FromProto(const google::protobuf::Duration& d);
-
 // An Admit of `sequences` sequences of the shape.
 kvgate::v1::AdmitRequest Request(
     const std::string& request_id, int sequences = 1,
@@ -187,35 +186,6 @@ struct ShapeBytes {
 // Starts a throwaway kvgated (`binary`) serving the gpt2 preset and asks its
 // Estimate for one request of the shape.
 absl::StatusOr<ShapeBytes> ProbeShape(const std::string& binary);
-
-// An Admit in flight on the callback API. The destructor cancels the call
-// and waits, bounded, for its completion; a call that never completes (a
-// failure it reports) is leaked rather than freed under gRPC.
-class PendingAdmit {
- public:
-  PendingAdmit(kvgate::v1::Admission::Stub* stub,
-               kvgate::v1::AdmitRequest request,
-               absl::Duration timeout = kRpcTimeout,
-               const std::string& token = "");
-  ~PendingAdmit();
-  PendingAdmit(const PendingAdmit&) = delete;
-  PendingAdmit& operator=(const PendingAdmit&) = delete;
-
-  // True when the call has been answered within `wait`.
-  bool Answered(absl::Duration wait = absl::ZeroDuration()) const;
-  // The call's status; DEADLINE_EXCEEDED "(test) ..." when not answered
-  // within `wait`.
-  grpc::Status Wait(absl::Duration wait = kRpcTimeout) const;
-  void Cancel();
-  // Only once answered.
-  const kvgate::v1::AdmitResponse& response() const;
-
- private:
-  struct Call;
-  struct Completion;
-  std::unique_ptr<Call> call_;
-  std::shared_ptr<Completion> completion_;
-};
 
 // Base of the integration fixtures. SetUp probes the shape once per test
 // binary (KVGATED_PATH, the kvgated this library was built with) and fails
@@ -251,20 +221,30 @@ class KvgatedTest : public ::testing::Test {
   // Stops the server with SIGKILL (no drain) and forgets it.
   void Kill9();
 
-  // The Admission calls on stub_, each with a kRpcTimeout deadline and,
-  // when `token` is set, a bearer token.
+  // The Admission calls on stub_ (AdmissionClient), each with a kRpcTimeout
+  // deadline and, when `token` is set, a bearer token.
+  AdmissionClient client() const {
+    return AdmissionClient(stub_.get(), kRpcTimeout);
+  }
   grpc::Status Admit(const kvgate::v1::AdmitRequest& request,
                      kvgate::v1::AdmitResponse* response,
-                     const std::string& token = "");
+                     const std::string& token = "") {
+    return client().Admit(request, response, token);
+  }
   // Admits `request_id` and expects ADMITTED; returns the lease.
   std::string AdmitOrFail(const std::string& request_id);
   // An Admit that may wait at most `wait` in the queue; expects status OK.
   kvgate::v1::AdmitResponse AdmitWaiting(const std::string& request_id,
                                          absl::Duration wait);
   grpc::Status Release(const std::string& lease_id, uint64_t* released_bytes,
-                       const std::string& token = "");
-  grpc::Status Renew(const std::string& lease_id);
-  kvgate::v1::Budget GetBudget();
+                       const std::string& token = "") {
+    return client().Release(lease_id, released_bytes, token);
+  }
+  grpc::Status Renew(const std::string& lease_id) {
+    return client().Renew(lease_id);
+  }
+  // The budget of kModel; a test failure unless the call succeeds.
+  kvgate::v1::Budget GetBudget() { return client().GetBudgetOrFail(kModel); }
   // Polls GetBudget until `queued` requests wait; false (with a test
   // failure) after `timeout`.
   bool WaitForQueued(uint32_t queued, absl::Duration timeout = kRpcTimeout);

@@ -122,7 +122,8 @@ TEST_F(KvgatedTest, QueueSettingsFromTheConfigFileApply) {
       shape().CapacityFor(1),
       "queue { max_requests: 1 max_queue_wait { nanos: 200000000 } }"));
   AdmitOrFail("first");
-  PendingAdmit second(stub_.get(), Request("second"));
+  PendingAdmit second(stub_.get(), Request("second"), /*token=*/"",
+                      kRpcTimeout);
   ASSERT_TRUE(WaitForQueued(1));
   // max_requests: 1.
   AdmitResponse response;
@@ -371,7 +372,8 @@ TEST_F(KvgatedTest, StaleUnixSocketFileIsReplaced) {
 TEST_F(KvgatedTest, SigtermAnswersQueuedAdmitDrainingAndExitsZero) {
   StartServer(PoolConfig(shape().CapacityFor(1)));
   AdmitOrFail("first");
-  PendingAdmit queued(stub_.get(), Request("queued"));
+  PendingAdmit queued(stub_.get(), Request("queued"), /*token=*/"",
+                      kRpcTimeout);
   ASSERT_TRUE(WaitForQueued(1));
 
   absl::StatusOr<KvgatedProcess::Exit> exit =

@@ -19,8 +19,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "estimator/model_spec.h"
@@ -32,10 +30,10 @@
 #include "metrics/metrics.h"
 #include "plugin/admission/controller.h"
 #include "plugin/admission/model_pool.h"
-#include "plugin/base/handoff.h"
 #include "plugin/security/auth.h"
 #include "plugin/server/kvgate_service.h"
 #include "prometheus/metric_family.h"
+#include "tests/testing/admission_client.h"
 #include "tests/testing/fake_clock.h"
 
 namespace kvgate {
@@ -54,14 +52,6 @@ constexpr uint32_t kMaxNewTokens = 28;
 // Longest real-time wait for anything (an answer, a queue to fill).
 constexpr absl::Duration kWait = absl::Seconds(5);
 
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
-void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) {
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
-
 ServingModel Gpt2() {
   absl::StatusOr<ModelSpec> spec = LoadPreset(kModel);
   EXPECT_TRUE(spec.ok()) << spec.status();
@@ -72,110 +62,9 @@ ServingModel Gpt2() {
 
 AdmitRequest Request(const std::string& request_id, int sequences = 1,
                      kvgate::v1::Priority priority = kvgate::v1::STANDARD) {
-  AdmitRequest r;
-  r.set_request_id(request_id);
-  r.set_model(kModel);
-  r.set_tenant("tenant-a");
-  r.set_priority(priority);
-  for (int i = 0; i < sequences; ++i) {
-    kvgate::v1::Sequence* s = r.add_sequences();
-    s->set_prompt_tokens(kPromptTokens);
-    s->set_max_new_tokens(kMaxNewTokens);
-  }
-  return r;
+  return AdmitRequestOf(request_id, kModel, "tenant-a", priority, sequences,
+                        kPromptTokens, kMaxNewTokens);
 }
-
-AdmitRequest WithQueueWait(AdmitRequest r, absl::Duration wait) {
-  r.mutable_max_queue_wait()->set_seconds(
-      absl::IDivDuration(wait, absl::Seconds(1), &wait));
-  r.mutable_max_queue_wait()->set_nanos(
-      static_cast<int32_t>(absl::ToInt64Nanoseconds(wait)));
-  return r;
-}
-
-// An Admit in flight on the callback API. The destructor cancels the call
-// and waits, bounded, for its completion; a call that never completes (a
-// failure it reports) is leaked rather than freed under gRPC.
-class PendingAdmit {
- public:
-  // `timeout`: the call's gRPC deadline; none by default, so that only the
-  // FakeClock and the controller decide when a queued call ends.
-  PendingAdmit(Admission::Stub* stub, AdmitRequest request,
-               const std::string& token = "",
-               absl::Duration timeout = absl::InfiniteDuration())
-      : call_(std::make_unique<Call>()),
-        completion_(std::make_shared<Completion>()) {
-    call_->request = std::move(request);
-    if (timeout != absl::InfiniteDuration()) {
-      SetDeadline(call_->context, timeout);
-    }
-    if (!token.empty()) {
-      call_->context.AddMetadata("authorization",
-                                 absl::StrCat("Bearer ", token));
-    }
-    HandOff(call_.get());  // the callback runs on a gRPC thread
-    stub->async()->Admit(
-        &call_->context, &call_->request, &call_->response,
-        [completion = completion_, raw = call_.get()](grpc::Status status) {
-          HandOffReceived(raw);
-          absl::MutexLock lock(&completion->mu);
-          completion->status = std::move(status);
-          completion->done = true;
-        });
-  }
-  ~PendingAdmit() {
-    call_->context.TryCancel();
-    if (!WaitDone(kWait)) {
-      ADD_FAILURE() << "Admit '" << call_->request.request_id()
-                    << "' not completed " << kWait << " after TryCancel";
-      call_.release();  // leaked: gRPC may still use it
-    }
-  }
-  PendingAdmit(const PendingAdmit&) = delete;
-  PendingAdmit& operator=(const PendingAdmit&) = delete;
-
-  // Whether the answer has arrived (does not wait).
-  bool Answered() const { return WaitDone(absl::ZeroDuration()); }
-  // The call's status; DEADLINE_EXCEEDED "(test) ..." when no answer came
-  // within `wait`.
-  grpc::Status Wait(absl::Duration wait = kWait) const {
-    if (!WaitDone(wait)) {
-      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                          absl::StrCat("(test) no answer to Admit '",
-                                       call_->request.request_id(), "' within ",
-                                       absl::FormatDuration(wait)));
-    }
-    absl::MutexLock lock(&completion_->mu);
-    return completion_->status;
-  }
-  void Cancel() { call_->context.TryCancel(); }
-  // Only after Wait() returned the call's own status.
-  const AdmitResponse& response() const { return call_->response; }
-
- private:
-  // What gRPC writes to. Owned here, not by the callback: a ClientContext
-  // must not be destroyed inside gRPC, with the callback.
-  struct Call {
-    grpc::ClientContext context;
-    AdmitRequest request;
-    AdmitResponse response;
-  };
-  // What the callback shares with this object.
-  struct Completion {
-    absl::Mutex mu;
-    bool done ABSL_GUARDED_BY(mu) = false;
-    grpc::Status status ABSL_GUARDED_BY(mu);
-  };
-
-  bool WaitDone(absl::Duration wait) const {
-    absl::MutexLock lock(&completion_->mu);
-    return completion_->mu.AwaitWithTimeout(absl::Condition(&completion_->done),
-                                            wait);
-  }
-
-  std::unique_ptr<Call> call_;
-  std::shared_ptr<Completion> completion_;
-};
 
 // How to set the service up for one test.
 struct ServiceSetup {
@@ -271,72 +160,33 @@ class AdmissionServiceTest : public ::testing::Test {
     return true;
   }
 
+  // The Admission calls on stub_ (AdmissionClient), each with a kWait
+  // deadline and, when `token` is set, a bearer token.
+  AdmissionClient client() const { return AdmissionClient(stub_.get(), kWait); }
   grpc::Status Admit(const AdmitRequest& request, AdmitResponse* response,
                      const std::string& token = "") {
-    grpc::ClientContext context;
-    SetDeadline(context, kWait);
-    if (!token.empty()) {
-      context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-    }
-    return stub_->Admit(&context, request, response);
+    return client().Admit(request, response, token);
   }
-
   // Admits `request_id` and expects ADMITTED; returns the lease.
   std::string AdmitOrFail(const std::string& request_id,
                           const std::string& token = "") {
-    AdmitResponse response;
-    const grpc::Status status = Admit(Request(request_id), &response, token);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    EXPECT_EQ(response.decision(), kvgate::v1::ADMITTED)
-        << response.ShortDebugString();
-    return response.lease_id();
+    return client().AdmitOrFail(Request(request_id), token);
   }
-
   grpc::Status Release(const std::string& lease_id, uint64_t* released_bytes,
                        const std::string& token = "") {
-    kvgate::v1::ReleaseRequest request;
-    request.set_lease_id(lease_id);
-    kvgate::v1::ReleaseResponse response;
-    grpc::ClientContext context;
-    SetDeadline(context, kWait);
-    if (!token.empty()) {
-      context.AddMetadata("authorization", absl::StrCat("Bearer ", token));
-    }
-    const grpc::Status status = stub_->Release(&context, request, &response);
-    *released_bytes = response.released_bytes();
-    return status;
+    return client().Release(lease_id, released_bytes, token);
   }
-
   grpc::Status Renew(const std::string& lease_id, absl::Duration* ttl) {
-    kvgate::v1::RenewRequest request;
-    request.set_lease_id(lease_id);
-    kvgate::v1::RenewResponse response;
-    grpc::ClientContext context;
-    SetDeadline(context, kWait);
-    const grpc::Status status = stub_->Renew(&context, request, &response);
-    *ttl = FromProto(response.ttl());
-    return status;
+    return client().Renew(lease_id, ttl);
   }
-
   grpc::Status GetBudget(const std::string& model, Budget* budget) {
-    kvgate::v1::GetBudgetRequest request;
-    request.set_model(model);
-    grpc::ClientContext context;
-    SetDeadline(context, kWait);
-    return stub_->GetBudget(&context, request, budget);
+    return client().GetBudget(model, budget);
   }
-  Budget GetBudget() {
-    Budget budget;
-    const grpc::Status status = GetBudget(kModel, &budget);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return budget;
-  }
-
+  // The budget of kModel; a test failure unless the call succeeds.
+  Budget GetBudget() { return client().GetBudgetOrFail(kModel); }
   grpc::Status Estimate(const kvgate::v1::EstimateRequest& request,
                         kvgate::v1::EstimateResponse* response) {
-    grpc::ClientContext context;
-    SetDeadline(context, kWait);
-    return stub_->Estimate(&context, request, response);
+    return client().Estimate(request, response);
   }
 
   // kvgate_lease_expirations_total{model="gpt2"}; -1 when absent.
