@@ -320,22 +320,29 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
     grpc::ByteBuffer request;
     grpc::ByteBuffer response;
     grpc::ClientContext context;
+    std::shared_ptr<std::promise<grpc::Status>> promise;
   };
   auto call = std::make_unique<Call>();
-  auto promise = std::make_shared<std::promise<grpc::Status>>();
-  std::future<grpc::Status> done = promise->get_future();
+  call->promise = std::make_shared<std::promise<grpc::Status>>();
+  std::future<grpc::Status> done = call->promise->get_future();
   // HealthCheckRequest { string service = 1; }
   call->request =
       ToByteBuffer(service.empty() ? "" : LengthDelimited(1, service));
   SetDeadline(call->context, timeout);
   grpc::GenericStub stub(channel);
   HandOff(call.get());  // the callback runs on a gRPC thread
-  stub.UnaryCall(&call->context, "/grpc.health.v1.Health/Check",
-                 grpc::StubOptions(), &call->request, &call->response,
-                 [promise, raw = call.get()](grpc::Status s) {
-                   HandOffReceived(raw);
-                   promise->set_value(std::move(s));
-                 });
+  // One pointer captured: the callback then fits std::function's inline
+  // buffer, written inside gRPC's callback tag, rather than a heap block
+  // written here after the HandOff (which TSan reports). The promise is
+  // copied before set_value, so it outlives the wake-up of the waiter.
+  Call* raw = call.get();
+  stub.UnaryCall(
+      &raw->context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+      &raw->request, &raw->response, [raw](grpc::Status s) {
+        HandOffReceived(raw);
+        std::shared_ptr<std::promise<grpc::Status>> promise = raw->promise;
+        promise->set_value(std::move(s));
+      });
   if (done.wait_for(absl::ToChronoMilliseconds(timeout + kCompletionGrace)) !=
       std::future_status::ready) {
     call->context.TryCancel();
