@@ -22,11 +22,13 @@ BUILD_PACKAGES=(
   python3-uvicorn python3-httpx python3-pytest
   yamllint python3-yaml
   libssl-dev openssl
+  libcurl4-openssl-dev
   jq
 )
 RUNTIME_PACKAGES=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libssl3
+  libcurl4
 )
 
 packages=("${BUILD_PACKAGES[@]}")
