@@ -107,9 +107,8 @@ Controller::~Controller() { Drain(); }
 
 // ---------------------------------------------------------------- Admit ---
 
-absl::Status Controller::ValidateTicket(const AdmitTicket& ticket,
-                                        const AdmitCallback& done,
-                                        uint64_t* bytes) {
+absl::StatusOr<uint64_t> Controller::ValidateTicket(const AdmitTicket& ticket,
+                                                    const AdmitCallback& done) {
   if (ticket.request_id.empty()) {
     return absl::InvalidArgumentError("request_id is empty");
   }
@@ -119,24 +118,24 @@ absl::Status Controller::ValidateTicket(const AdmitTicket& ticket,
     return absl::InvalidArgumentError(
         absl::StrCat("priority ", index, " is not a known priority"));
   }
-  if (!CheckedAdd(ticket.cost.kv_bytes, ticket.cost.activation_bytes, bytes)) {
+  uint64_t bytes = 0;
+  if (!CheckedAdd(ticket.cost.kv_bytes, ticket.cost.activation_bytes, &bytes)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cost overflows: kv_bytes ", ticket.cost.kv_bytes,
         " + activation_bytes ", ticket.cost.activation_bytes, " > 2^64-1"));
   }
-  if (*bytes == 0) {
+  if (bytes == 0) {
     return absl::InvalidArgumentError(
         "cost is zero: kv_bytes + activation_bytes must be > 0");
   }
-  return absl::OkStatus();
+  return bytes;
 }
 
 absl::StatusOr<uint64_t> Controller::Admit(AdmitTicket ticket,
                                            AdmitCallback done) {
-  uint64_t bytes = 0;
-  if (absl::Status valid = ValidateTicket(ticket, done, &bytes); !valid.ok()) {
-    return valid;
-  }
+  absl::StatusOr<uint64_t> valid = ValidateTicket(ticket, done);
+  if (!valid.ok()) return valid.status();
+  const uint64_t bytes = *valid;
   if (ticket.tenant.empty()) ticket.tenant = "default";
   const Priority priority = ticket.priority;
 

@@ -234,10 +234,10 @@ class Controller {
 
   Controller(const Options& options, Clock* clock, uint64_t lease_prefix);
 
-  // Admit, step by step. The checks that need no lock; *bytes = kv + act.
-  static absl::Status ValidateTicket(const AdmitTicket& ticket,
-                                     const AdmitCallback& done,
-                                     uint64_t* bytes);
+  // Admit, step by step. The checks that need no lock; returns the
+  // ticket's bytes (kv + activation).
+  static absl::StatusOr<uint64_t> ValidateTicket(const AdmitTicket& ticket,
+                                                 const AdmitCallback& done);
   // A retry of the request_id of a live lease: answers it with that lease
   // and returns true. A lease past its TTL is reclaimed first (false).
   bool AnswerRetryLocked(const AdmitTicket& ticket, absl::Time now,
