@@ -578,7 +578,26 @@ class OverloadRound {
     std::mt19937 random(1234 + round_);
     std::uniform_int_distribution<int> kind(0, 9);
     std::uniform_int_distribution<int> millis(1, 300);
+    // Cancels fall due while calls are still being issued (issuing 10000
+    // calls takes about as long as the server takes to answer them), so they
+    // are made between issues, not after the last one, where they would
+    // find every call answered already.
     std::vector<std::pair<absl::Time, Call*>> cancels;
+    size_t next_cancel = 0;
+    auto cancel_due = [&cancels, &next_cancel](absl::Time now) {
+      // `cancels` is filled in issue order with delays up to 300 ms, so it
+      // is nearly sorted; the due ones are taken in any order.
+      for (size_t j = next_cancel; j < cancels.size(); ++j) {
+        if (cancels[j].second != nullptr && cancels[j].first <= now) {
+          cancels[j].second->context.TryCancel();
+          cancels[j].second = nullptr;
+        }
+      }
+      while (next_cancel < cancels.size() &&
+             cancels[next_cancel].second == nullptr) {
+        ++next_cancel;
+      }
+    };
     for (int i = 0; i < kCalls; ++i) {
       Call& call = calls_[i];
       call.owner = this;
@@ -600,10 +619,13 @@ class OverloadRound {
                              HandOffReceived(&call);
                              call.owner->OnAnswer(call, std::move(status));
                            });
+      if (i % 16 == 0) cancel_due(absl::Now());
     }
-    std::sort(cancels.begin(), cancels.end(),
+    std::sort(cancels.begin() + next_cancel, cancels.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (const auto& [when, call] : cancels) {
+    for (size_t j = next_cancel; j < cancels.size(); ++j) {
+      const auto& [when, call] = cancels[j];
+      if (call == nullptr) continue;
       absl::SleepFor(when - absl::Now());
       call->context.TryCancel();
     }
