@@ -6,6 +6,18 @@
 
 namespace kvgate {
 
+const char* EngineSettings::KindName(Kind kind) {
+  switch (kind) {
+    case EngineSettings::Kind::kVllm:
+      return "vllm";
+    case EngineSettings::Kind::kSglang:
+      return "sglang";
+    case EngineSettings::Kind::kDynamic:
+      break;
+  }
+  return "dynamic";
+}
+
 absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
                                       uint64_t device_bytes) {
   const uint64_t usable = static_cast<uint64_t>(std::floor(

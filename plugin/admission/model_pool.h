@@ -11,10 +11,34 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "estimator/serving.h"
 #include "plugin/admission/controller.h"
 
 namespace kvgate {
+
+// The model server a pool admits for (docs/design.md, "Engines").
+struct EngineSettings {
+  enum class Kind {
+    // Allocates KV and activations per request: the budget is the device
+    // minus weights, and a lease reserves KV plus the activation reserve.
+    kDynamic,
+    // Take their KV pool at start-up: the budget is that pool, read from
+    // the engine's metrics, and a lease reserves block-rounded KV only.
+    kVllm,
+    kSglang,
+  };
+  Kind kind = Kind::kDynamic;
+  // The engine's Prometheus endpoint (vllm, sglang).
+  std::string metrics_url;
+  absl::Duration poll_interval = absl::Milliseconds(200);
+  absl::Duration preemption_cooldown = absl::Seconds(5);
+
+  // Whether the engine preallocates its KV pool (vllm, sglang).
+  bool preallocates() const { return kind != Kind::kDynamic; }
+  // "dynamic", "vllm" or "sglang".
+  static const char* KindName(Kind kind);
+};
 
 // One model pool, resolved: the estimator's model and the pool's budget
 // parameters.
@@ -26,6 +50,7 @@ struct ModelPoolSettings {
   double gpu_memory_utilization = 0.9;
   uint64_t runtime_overhead_bytes = 0;
   bool activation_sum = false;
+  EngineSettings engine;
 };
 
 // The bytes a pool may reserve on a device of `device_bytes`:

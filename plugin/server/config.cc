@@ -88,6 +88,7 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   }
   o.chunked_prefill_tokens = m.chunked_prefill_tokens();
   o.share_prompt_prefix = m.share_prompt_prefix();
+  o.max_model_len = m.max_model_len();
   absl::StatusOr<ServingModel> model =
       ServingModel::Create(*std::move(spec), o);
   if (!model.ok()) return Invalid(field, model.status().message());
@@ -199,6 +200,65 @@ absl::Status ResolveSecurity(const kvgate::v1::ServerConfig& config,
   return absl::OkStatus();
 }
 
+// Resolves a model's engine block (absent: a dynamic engine).
+absl::StatusOr<EngineSettings> ResolveEngine(const kvgate::v1::EngineConfig& e,
+                                             const std::string& field) {
+  // The kinds by name: a table, so that a new engine is one row.
+  static constexpr struct {
+    const char* name;
+    EngineSettings::Kind kind;
+  } kKinds[] = {{"dynamic", EngineSettings::Kind::kDynamic},
+                {"vllm", EngineSettings::Kind::kVllm},
+                {"sglang", EngineSettings::Kind::kSglang}};
+  EngineSettings out;
+  bool known = e.kind().empty();
+  for (const auto& k : kKinds) {
+    if (e.kind() == k.name) {
+      out.kind = k.kind;
+      known = true;
+    }
+  }
+  if (!known) {
+    return Invalid(field + ".kind",
+                   absl::StrCat("unknown engine '", e.kind(),
+                                "'; expected dynamic, vllm or sglang"));
+  }
+  if (!out.preallocates()) {
+    if (!e.metrics_url().empty()) {
+      return Invalid(field + ".metrics_url",
+                     "is only read for a vllm or sglang engine; a dynamic "
+                     "engine's budget comes from memory_source");
+    }
+    return out;
+  }
+  if (!absl::StartsWith(e.metrics_url(), "http://") ||
+      e.metrics_url().size() <= 7) {
+    return Invalid(field + ".metrics_url",
+                   absl::StrCat("a ", e.kind(),
+                                " engine needs its Prometheus endpoint as "
+                                "http://host:port/metrics, got \"",
+                                e.metrics_url(), "\""));
+  }
+  out.metrics_url = e.metrics_url();
+  if (e.has_poll_interval()) {
+    out.poll_interval = FromProto(e.poll_interval());
+    if (out.poll_interval < absl::Milliseconds(10) ||
+        out.poll_interval > absl::Minutes(1)) {
+      return Invalid(field + ".poll_interval",
+                     "must be between 10ms and 1 minute");
+    }
+  }
+  if (e.has_preemption_cooldown()) {
+    out.preemption_cooldown = FromProto(e.preemption_cooldown());
+    if (out.preemption_cooldown <= absl::ZeroDuration() ||
+        out.preemption_cooldown > absl::Hours(1)) {
+      return Invalid(field + ".preemption_cooldown",
+                     "must be more than 0 and at most 1 hour");
+    }
+  }
+  return out;
+}
+
 // Resolves the models list (the default preset when none is given) into
 // s->models.
 absl::Status ResolveModels(const kvgate::v1::ServerConfig& config,
@@ -227,10 +287,14 @@ absl::Status ResolveModels(const kvgate::v1::ServerConfig& config,
     if (!(util > 0 && util <= 1)) {
       return Invalid(field + ".gpu_memory_utilization", "must be in (0, 1]");
     }
-    ModelPoolSettings pool{name, *std::move(model), {}, util, 0, false};
+    ModelPoolSettings pool{name, *std::move(model), {}, util, 0, false, {}};
     pool.runtime_overhead_bytes =
         m.has_runtime_overhead_bytes() ? m.runtime_overhead_bytes() : 0;
     pool.activation_sum = m.activation_sum();
+    absl::StatusOr<EngineSettings> engine =
+        ResolveEngine(m.engine(), field + ".engine");
+    if (!engine.ok()) return engine.status();
+    pool.engine = *std::move(engine);
     pool.gpus.assign(m.gpus().begin(), m.gpus().end());
     if (pool.gpus.empty()) {
       for (uint32_t g = 0; g < pool.model.options().tensor_parallel; ++g) {

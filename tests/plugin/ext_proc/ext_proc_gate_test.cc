@@ -48,7 +48,7 @@ std::unique_ptr<ModelPool> Pool(const std::string& name, Clock* clock) {
   absl::StatusOr<std::unique_ptr<Controller>> controller =
       Controller::Create(options, clock);
   EXPECT_TRUE(controller.ok()) << controller.status();
-  ModelPoolSettings settings{name, *std::move(model), {}, 0.9, 0, false};
+  ModelPoolSettings settings{name, *std::move(model), {}, 0.9, 0, false, {}};
   return std::make_unique<ModelPool>(
       std::move(settings), options.capacity_bytes, *std::move(controller));
 }

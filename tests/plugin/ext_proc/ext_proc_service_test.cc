@@ -99,7 +99,7 @@ class ExtProcServiceTest : public ::testing::Test {
         Controller::Create(options, &clock_);
     ASSERT_TRUE(controller.ok()) << controller.status();
     registry_.Add(std::make_unique<ModelPool>(
-        ModelPoolSettings{name, model, {}, 0.9, 0, false},
+        ModelPoolSettings{name, model, {}, 0.9, 0, false, {}},
         options.capacity_bytes, *std::move(controller)));
   }
 

@@ -102,7 +102,8 @@ class AdmissionServiceTest : public ::testing::Test {
                                /*gpus=*/{},
                                /*gpu_memory_utilization=*/1.0,
                                /*runtime_overhead_bytes=*/0,
-                               /*activation_sum=*/false};
+                               /*activation_sum=*/false,
+                               /*engine=*/{}};
     registry_.Add(std::make_unique<ModelPool>(
         std::move(settings), options.capacity_bytes, *std::move(controller)));
     service_ = std::make_unique<AdmissionService>(&registry_, &clock_,
