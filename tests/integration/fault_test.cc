@@ -575,6 +575,61 @@ class OverloadRound {
   bool finished() const { return finished_; }
 
   Figures Run() {
+    IssueCalls();
+    {
+      absl::MutexLock lock(&mu_);
+      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return answered_ == kCalls && releasing_ == 0;
+      };
+      finished_ = mu_.AwaitWithTimeout(absl::Condition(&done), kRoundTimeout);
+      if (!finished_) {
+        ADD_FAILURE() << "overload round " << round_ << ": " << answered_
+                      << " of " << kCalls << " Admits answered and "
+                      << releasing_ << " Releases in flight after "
+                      << kRoundTimeout << "; cancelling the rest";
+        mu_.Unlock();
+        for (Call& call : calls_) call.context.TryCancel();
+        mu_.Lock();
+        // Releases have a 30 s deadline of their own.
+        finished_ =
+            mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(40));
+        if (!finished_) {
+          ADD_FAILURE() << "overload round " << round_ << ": " << answered_
+                        << " of " << kCalls << " Admits answered and "
+                        << releasing_ << " Releases in flight even after "
+                        << "cancelling them";
+        }
+      }
+    }
+    if (finished_) RecoverLostAnswers();
+    Figures f;
+    absl::MutexLock lock(&mu_);
+    f = figures_;
+    f.calls = kCalls;
+    for (const Call& call : calls_) {
+      if (call.answers > 1) ++f.answered_twice;
+    }
+    return f;
+  }
+
+ private:
+  struct Call {
+    OverloadRound* owner = nullptr;
+    grpc::ClientContext context;
+    AdmitRequest request;
+    AdmitResponse response;
+    int answers = 0;
+    grpc::StatusCode code = grpc::StatusCode::OK;
+  };
+  struct PendingRelease {
+    grpc::ClientContext context;
+    kvgate::v1::ReleaseRequest request;
+    kvgate::v1::ReleaseResponse response;
+  };
+
+  // Issues kCalls Admits without waiting: one in ten with a short deadline,
+  // one in ten cancelled 1-300 ms after it was issued.
+  void IssueCalls() {
     std::mt19937 random(1234 + round_);
     std::uniform_int_distribution<int> kind(0, 9);
     std::uniform_int_distribution<int> millis(1, 300);
@@ -629,56 +684,7 @@ class OverloadRound {
       absl::SleepFor(when - absl::Now());
       call->context.TryCancel();
     }
-    {
-      absl::MutexLock lock(&mu_);
-      auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        return answered_ == kCalls && releasing_ == 0;
-      };
-      finished_ = mu_.AwaitWithTimeout(absl::Condition(&done), kRoundTimeout);
-      if (!finished_) {
-        ADD_FAILURE() << "overload round " << round_ << ": " << answered_
-                      << " of " << kCalls << " Admits answered and "
-                      << releasing_ << " Releases in flight after "
-                      << kRoundTimeout << "; cancelling the rest";
-        mu_.Unlock();
-        for (Call& call : calls_) call.context.TryCancel();
-        mu_.Lock();
-        // Releases have a 30 s deadline of their own.
-        finished_ =
-            mu_.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(40));
-        if (!finished_) {
-          ADD_FAILURE() << "overload round " << round_ << ": " << answered_
-                        << " of " << kCalls << " Admits answered and "
-                        << releasing_ << " Releases in flight even after "
-                        << "cancelling them";
-        }
-      }
-    }
-    if (finished_) RecoverLostAnswers();
-    Figures f;
-    absl::MutexLock lock(&mu_);
-    f = figures_;
-    f.calls = kCalls;
-    for (const Call& call : calls_) {
-      if (call.answers > 1) ++f.answered_twice;
-    }
-    return f;
   }
-
- private:
-  struct Call {
-    OverloadRound* owner = nullptr;
-    grpc::ClientContext context;
-    AdmitRequest request;
-    AdmitResponse response;
-    int answers = 0;
-    grpc::StatusCode code = grpc::StatusCode::OK;
-  };
-  struct PendingRelease {
-    grpc::ClientContext context;
-    kvgate::v1::ReleaseRequest request;
-    kvgate::v1::ReleaseResponse response;
-  };
 
   void OnAnswer(Call& call, grpc::Status status) {
     std::string lease;
