@@ -98,7 +98,11 @@ RetryEstimate::Options RetryOptions(const Controller::Options& options) {
 Controller::Controller(const Options& options, Clock* clock,
                        uint64_t lease_prefix)
     : options_(Resolved(options)),
+      queue_bytes_follow_capacity_(options.max_queue_bytes == 0),
       clock_(clock),
+      capacity_bytes_(options_.capacity_bytes),
+      max_queue_bytes_(options_.max_queue_bytes),
+      pressure_message_("device free memory is low"),
       ledger_(LedgerOptions(options_), lease_prefix),
       queue_(QueueOptions(options_)),
       retry_(RetryOptions(options_), clock->Now()) {}
@@ -184,12 +188,11 @@ std::optional<AdmitOutcome> Controller::DecideLocked(
     AdmitTicket& ticket, uint64_t bytes, absl::Time now, AdmitCallback& done,
     uint64_t* handle, Completions& out) {
   const Priority priority = ticket.priority;
-  if (bytes > options_.capacity_bytes || bytes > options_.max_queue_bytes) {
+  if (bytes > capacity_bytes_ || bytes > max_queue_bytes_) {
     return RejectionLocked(
         RejectReason::kNeverFits, priority, bytes, 0,
-        absl::StrCat("needs ", bytes, " bytes; capacity is ",
-                     options_.capacity_bytes, ", queue holds at most ",
-                     options_.max_queue_bytes),
+        absl::StrCat("needs ", bytes, " bytes; capacity is ", capacity_bytes_,
+                     ", queue holds at most ", max_queue_bytes_),
         now);
   }
   if (draining_) {
@@ -198,7 +201,7 @@ std::optional<AdmitOutcome> Controller::DecideLocked(
   }
   if (memory_pressure_) {
     return RejectionLocked(RejectReason::kMemoryPressure, priority, bytes, 0,
-                           "device free memory is low", now);
+                           pressure_message_, now);
   }
   if (ledger_.Fits(ticket.cost)) {
     FairQueue::Entry* head = queue_.Head();
@@ -306,11 +309,31 @@ absl::Time Controller::Tick() {
   return next;
 }
 
-void Controller::SetMemoryPressure(bool under_pressure) {
+void Controller::SetMemoryPressure(bool under_pressure, absl::string_view why) {
   Completions out;
   {
     absl::MutexLock lock(&mu_);
     memory_pressure_ = under_pressure;
+    if (under_pressure) pressure_message_ = std::string(why);
+    DispatchLocked(clock_->Now(), out);
+  }
+  Run(out);
+}
+
+void Controller::SetEngineBudget(uint64_t capacity_bytes,
+                                 uint64_t engine_used_bytes) {
+  Completions out;
+  {
+    absl::MutexLock lock(&mu_);
+    if (capacity_bytes > 0) {
+      capacity_bytes_ = capacity_bytes;
+      ledger_.SetCapacity(capacity_bytes);
+      if (queue_bytes_follow_capacity_) {
+        max_queue_bytes_ = capacity_bytes;
+        queue_.set_max_bytes(capacity_bytes);
+      }
+    }
+    ledger_.SetEngineUsedBytes(engine_used_bytes);
     DispatchLocked(clock_->Now(), out);
   }
   Run(out);
@@ -333,7 +356,8 @@ void Controller::Drain() {
 BudgetSnapshot Controller::Snapshot() const {
   absl::MutexLock lock(&mu_);
   BudgetSnapshot s;
-  s.capacity_bytes = options_.capacity_bytes;
+  s.capacity_bytes = capacity_bytes_;
+  s.engine_used_bytes = ledger_.engine_used_bytes();
   s.kv_reserved_bytes = ledger_.kv_reserved();
   s.activation_reserve_bytes = ledger_.ActivationReserve();
   s.reserved_bytes = ledger_.Reserved();
@@ -417,8 +441,14 @@ bool Controller::MakeRoomLocked(Priority priority, uint64_t bytes,
 
 void Controller::TimeOutQueuedLocked(absl::Time now, Completions& out) {
   while (FairQueue::Entry* entry = queue_.Expired(now)) {
-    RejectQueuedLocked(entry, RejectReason::kQueueTimeout,
-                       "no room before the deadline", now, out);
+    if (memory_pressure_) {
+      // The wait ended while admission was paused: say why.
+      RejectQueuedLocked(entry, RejectReason::kMemoryPressure,
+                         pressure_message_, now, out);
+    } else {
+      RejectQueuedLocked(entry, RejectReason::kQueueTimeout,
+                         "no room before the deadline", now, out);
+    }
   }
 }
 

@@ -88,7 +88,10 @@ struct BudgetSnapshot {
   uint64_t reserved_bytes = 0;  // kv_reserved_bytes + activation_reserve_bytes
   uint64_t kv_reserved_bytes = 0;
   uint64_t activation_reserve_bytes = 0;  // max (or sum) of live activations
-  uint64_t free_bytes = 0;                // capacity_bytes - reserved_bytes
+  // capacity_bytes - max(reserved_bytes, engine_used_bytes), or 0.
+  uint64_t free_bytes = 0;
+  // What a preallocating engine reports in use (0: none, or a dynamic one).
+  uint64_t engine_used_bytes = 0;
   uint32_t active_leases = 0;
   uint32_t queued_requests = 0;
   std::array<uint32_t, kNumPriorities> queued_by_priority{};
@@ -210,9 +213,20 @@ class Controller {
   absl::Time Tick();
 
   // The live memory guard. While true, new admits are rejected
-  // MEMORY_PRESSURE and the queue does not dispatch (queued requests keep
-  // waiting until their deadline). Turning it off dispatches the queue.
-  void SetMemoryPressure(bool under_pressure);
+  // MEMORY_PRESSURE (with `why` as the message) and the queue does not
+  // dispatch: queued requests keep waiting, and one whose deadline passes
+  // meanwhile is answered MEMORY_PRESSURE. Turning it off dispatches the
+  // queue.
+  void SetMemoryPressure(bool under_pressure,
+                         absl::string_view why = "device free memory is low");
+
+  // A preallocating engine's view (docs/design.md, "Engines"): its KV pool
+  // as the capacity (> 0; 0 keeps the capacity), and what it reports in use,
+  // which admission counts when it is above the ledger (0: the ledger
+  // alone). A capacity below what is reserved keeps the leases and admits
+  // nothing until enough is released. The queue's byte bound follows the
+  // capacity unless Options::max_queue_bytes was set. Dispatches the queue.
+  void SetEngineBudget(uint64_t capacity_bytes, uint64_t engine_used_bytes);
 
   // Answers every queued request DRAINING; from now on new admits are
   // rejected DRAINING. Leases stay valid until released or expired.
@@ -293,10 +307,19 @@ class Controller {
 
   void Run(Completions& completions);
 
-  const Options options_;  // max_queue_bytes resolved (never 0)
+  // max_queue_bytes resolved (never 0); capacity_bytes and max_queue_bytes
+  // as at Create (the live ones are capacity_bytes_ and max_queue_bytes_).
+  const Options options_;
+  // Whether the queue's byte bound is the capacity (max_queue_bytes was 0),
+  // so that it follows SetEngineBudget.
+  const bool queue_bytes_follow_capacity_;
   Clock* const clock_;
 
   mutable absl::Mutex mu_;
+  uint64_t capacity_bytes_ ABSL_GUARDED_BY(mu_);
+  uint64_t max_queue_bytes_ ABSL_GUARDED_BY(mu_);
+  // Why admission is paused while memory_pressure_ is set.
+  std::string pressure_message_ ABSL_GUARDED_BY(mu_);
   LeaseLedger ledger_ ABSL_GUARDED_BY(mu_);
   FairQueue queue_ ABSL_GUARDED_BY(mu_);
   RetryEstimate retry_ ABSL_GUARDED_BY(mu_);

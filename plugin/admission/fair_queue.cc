@@ -226,7 +226,8 @@ absl::Status FairQueue::CheckInvariants() const {
       deadlines_.size() != count || by_request_.size() != count) {
     return absl::InternalError("queue counters drifted");
   }
-  if (count > options_.max_requests || bytes > options_.max_bytes) {
+  if (count > options_.max_requests ||
+      (bytes > options_.max_bytes && !lowered_)) {
     return absl::InternalError("queue over its bounds");
   }
   return absl::OkStatus();

@@ -85,6 +85,12 @@ class FairQueue {
   };
 
   explicit FairQueue(Options options);
+  // Changes the byte bound (the default bound follows a pool whose
+  // capacity changes); entries already queued stay even above it.
+  void set_max_bytes(uint64_t max_bytes) {
+    lowered_ = lowered_ || max_bytes < options_.max_bytes;
+    options_.max_bytes = max_bytes;
+  }
   ~FairQueue();
 
   FairQueue(const FairQueue&) = delete;
@@ -168,7 +174,9 @@ class FairQueue {
   TenantQueue* Activate(PriorityLevel& level, const std::string& name);
   void Deactivate(PriorityLevel& level, TenantQueue* tenant);
 
-  const Options options_;
+  Options options_;
+  // Set once set_max_bytes lowered the bound: bytes() may exceed it since.
+  bool lowered_ = false;
   std::array<std::unique_ptr<PriorityLevel>, kNumPriorities> levels_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Entry>> entries_;
   absl::flat_hash_map<std::string, uint64_t> by_request_;

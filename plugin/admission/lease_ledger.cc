@@ -187,7 +187,7 @@ absl::Status LeaseLedger::CheckInvariants() const {
   }
   const uint64_t reserved =
       kv + (options_.activation_sum ? activation_sum : activation_max);
-  if (reserved > options_.capacity_bytes && restored_ids_.empty()) {
+  if (reserved > options_.capacity_bytes && restored_ids_.empty() && !shrunk_) {
     return absl::InternalError(absl::StrCat(
         "reserved ", reserved, " > capacity ", options_.capacity_bytes));
   }

@@ -39,7 +39,8 @@ namespace kvgate {
 //     activation reserve is the max (or, with Options::activation_sum, the
 //     sum) of their activation bytes;
 //   * Reserved() <= capacity_bytes, unless a lease was restored (an earlier
-//     kvgated may have granted it under a larger capacity);
+//     kvgated may have granted it under a larger capacity) or SetCapacity
+//     shrank the capacity below what was reserved;
 //   * every live lease is in the expiry index once; a request_id maps to at
 //     most one live lease.
 //
@@ -82,6 +83,20 @@ class LeaseLedger {
   LeaseLedger(const LeaseLedger&) = delete;
   LeaseLedger& operator=(const LeaseLedger&) = delete;
 
+  // The budget, which a preallocating engine's pool may change while
+  // serving (> 0). Leases granted under a larger capacity stay; the ledger
+  // then admits nothing until enough is released.
+  void SetCapacity(uint64_t capacity_bytes) {
+    options_.capacity_bytes = capacity_bytes;
+    shrunk_ = shrunk_ || Reserved() > capacity_bytes;
+  }
+  // What the engine reports in use (its usage x its pool), traffic that
+  // bypassed the gate included. Admission counts max(Reserved(), this):
+  // reality wins over the ledger when it is higher. 0 (default): the ledger
+  // alone.
+  void SetEngineUsedBytes(uint64_t bytes) { engine_used_bytes_ = bytes; }
+  uint64_t engine_used_bytes() const { return engine_used_bytes_; }
+
   // Totals.
   uint64_t capacity_bytes() const { return options_.capacity_bytes; }
   uint64_t kv_reserved() const { return kv_reserved_; }
@@ -93,20 +108,35 @@ class LeaseLedger {
   // kv_reserved() + ActivationReserve(). Never overflows: every lease was
   // granted with the total <= capacity, and Restore checks the sum.
   uint64_t Reserved() const { return kv_reserved_ + ActivationReserve(); }
-  // capacity - Reserved(), or 0 when restored leases hold more than a
-  // capacity that has since shrunk.
+  // What admission counts as taken: max(Reserved(), engine_used_bytes()).
+  uint64_t AdmissionReserved() const {
+    return std::max(Reserved(), engine_used_bytes_);
+  }
+  // capacity - AdmissionReserved(), or 0 when restored leases (or the
+  // engine) hold more than a capacity that has since shrunk.
   uint64_t FreeBytes() const {
-    const uint64_t reserved = Reserved();
+    const uint64_t reserved = AdmissionReserved();
     return reserved < options_.capacity_bytes
                ? options_.capacity_bytes - reserved
                : 0;
   }
   size_t size() const { return leases_.size(); }
 
-  // Whether a lease of `cost` would keep Reserved() <= capacity. Inline:
-  // asked on every Admit and for every queue head a dispatch looks at.
+  // Whether a lease of `cost` would keep Reserved() <= capacity, and the
+  // engine's reported use plus the lease's bytes too. Inline: asked on every
+  // Admit and for every queue head a dispatch looks at.
   bool Fits(const AdmitCost& cost) const {
     uint64_t kv, activation, total;
+    if (engine_used_bytes_ != 0) {
+      uint64_t with_engine;
+      if (!admission_internal::CheckedAdd(engine_used_bytes_, cost.kv_bytes,
+                                          &with_engine) ||
+          !admission_internal::CheckedAdd(with_engine, cost.activation_bytes,
+                                          &with_engine) ||
+          with_engine > options_.capacity_bytes) {
+        return false;
+      }
+    }
     if (!admission_internal::CheckedAdd(kv_reserved_, cost.kv_bytes, &kv)) {
       return false;
     }
@@ -176,7 +206,7 @@ class LeaseLedger {
  private:
   std::string LeaseIdFor(uint64_t seq) const;
 
-  const Options options_;
+  Options options_;
   // The lease prefix as 16 hex digits, formatted once: lease ids are made and
   // parsed on every Admit and Release.
   const std::string prefix_text_;
@@ -188,6 +218,10 @@ class LeaseLedger {
   uint64_t kv_reserved_ = 0;
   uint64_t activation_sum_ = 0;
   uint64_t next_seq_ = 1;
+  uint64_t engine_used_bytes_ = 0;
+  // Set once the capacity fell below what was reserved: from then on the
+  // ledger may hold more than its capacity (as with restored leases).
+  bool shrunk_ = false;
   // Lease ids of restored leases (issued by an earlier kvgated, under another
   // prefix) -> their seq here. Kept after release, so that a second Release
   // of one is OK(0) rather than NotFound; bounded by what was restored.

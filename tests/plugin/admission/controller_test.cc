@@ -926,6 +926,90 @@ TEST_F(ControllerTest, MemoryPressureHoldsQueueUntilCleared) {
   EXPECT_TRUE(Answer("q").admitted);
 }
 
+TEST_F(ControllerTest, WaitThatEndsUnderPressureIsMemoryPressure) {
+  Make();
+  Admit("hold", 100);
+  Admit("q", 50);
+  controller_->SetMemoryPressure(true, "engine preempted requests");
+  clock_.Advance(absl::Seconds(31));  // past max_queue_wait
+  controller_->Tick();
+  EXPECT_EQ(Answer("q").reason, RejectReason::kMemoryPressure);
+  EXPECT_EQ(Answer("q").message, "engine preempted requests");
+  controller_->SetMemoryPressure(false);
+  Admit("later", 50);
+  clock_.Advance(absl::Seconds(31));
+  controller_->Tick();
+  EXPECT_EQ(Answer("later").reason, RejectReason::kQueueTimeout);
+}
+
+// ------------------------------------------------------- Engine budget ---
+
+TEST_F(ControllerTest, EngineCapacityReplacesTheBudgetAndDispatches) {
+  Make();
+  Admit("hold", 100);
+  Admit("q", 50);
+  EXPECT_FALSE(Answered("q"));
+  controller_->SetEngineBudget(150, 0);
+  EXPECT_TRUE(Answer("q").admitted);
+  const BudgetSnapshot s = controller_->Snapshot();
+  EXPECT_EQ(s.capacity_bytes, 150u);
+  EXPECT_EQ(s.reserved_bytes, 150u);
+  EXPECT_EQ(s.free_bytes, 0u);
+  EXPECT_TRUE(controller_->CheckInvariants().ok());
+}
+
+TEST_F(ControllerTest, EngineUsageAboveTheLedgerHoldsBackAnAdmit) {
+  Make();
+  Admit("mine", 10);
+  // Traffic that bypassed the gate: the engine has 80 of 100 in use.
+  controller_->SetEngineBudget(0, 80);
+  Admit("q", 30);  // the ledger alone (10 + 30 <= 100) would take it
+  EXPECT_FALSE(Answered("q"));
+  BudgetSnapshot s = controller_->Snapshot();
+  EXPECT_EQ(s.capacity_bytes, 100u);  // 0 kept the capacity
+  EXPECT_EQ(s.reserved_bytes, 10u);
+  EXPECT_EQ(s.engine_used_bytes, 80u);
+  EXPECT_EQ(s.free_bytes, 20u);
+  Admit("small", 20);  // 80 + 20 fits: a backfill past "q"
+  EXPECT_TRUE(Answer("small").admitted);
+  controller_->SetEngineBudget(0, 70);  // 70 + 30 fits
+  EXPECT_TRUE(Answer("q").admitted);
+  // Below the ledger, the engine's figure no longer counts.
+  controller_->SetEngineBudget(0, 5);
+  s = controller_->Snapshot();
+  EXPECT_EQ(s.reserved_bytes, 60u);
+  EXPECT_EQ(s.free_bytes, 40u);
+}
+
+TEST_F(ControllerTest, ShrunkEngineCapacityKeepsLeasesAndAdmitsAfterRelease) {
+  Make();
+  Admit("a", 80);
+  controller_->SetEngineBudget(50, 0);
+  EXPECT_TRUE(controller_->CheckInvariants().ok());
+  EXPECT_EQ(controller_->Snapshot().free_bytes, 0u);
+  Admit("q", 10);
+  EXPECT_FALSE(Answered("q"));
+  ASSERT_TRUE(controller_->Release(Answer("a").lease_id).ok());
+  EXPECT_TRUE(Answer("q").admitted);
+  EXPECT_TRUE(controller_->CheckInvariants().ok());
+}
+
+TEST_F(ControllerTest, NeverFitsAndTheDefaultQueueBoundFollowTheCapacity) {
+  Controller::Options options = Defaults();
+  options.max_queue_bytes = 0;  // default: the capacity
+  Make(options);
+  Admit("big", 250);
+  EXPECT_EQ(Answer("big").reason, RejectReason::kNeverFits);
+  controller_->SetEngineBudget(300, 0);
+  Admit("big2", 250);
+  EXPECT_TRUE(Answer("big2").admitted);
+  controller_->SetEngineBudget(100, 0);
+  Admit("big3", 150);
+  EXPECT_EQ(Answer("big3").reason, RejectReason::kNeverFits);
+  EXPECT_THAT(Answer("big3").message, HasSubstr("capacity is 100"));
+  EXPECT_TRUE(controller_->CheckInvariants().ok());
+}
+
 TEST_F(ControllerTest, DrainAnswersQueuedDraining) {
   Make();
   Admit("hold", 100);
