@@ -52,7 +52,8 @@ constexpr FamilyText kReservedBytes = {
     "Bytes reserved by live leases (KV plus the activation reserve)."};
 constexpr FamilyText kFreeBytes = {
     "kvgate_budget_free_bytes",
-    "Capacity minus reserved bytes, as the ledger sees it."};
+    "Capacity minus what admission counts as taken: the reserved bytes, or "
+    "a preallocating engine's reported use when that is higher."};
 constexpr FamilyText kActivationReserveBytes = {
     "kvgate_budget_activation_reserve_bytes",
     "Bytes reserved for the activation peak of live leases."};
@@ -73,6 +74,23 @@ constexpr FamilyText kDeviceUsedBytes = {
     "kvgate_device_used_bytes", "Device memory allocated by any process."};
 constexpr FamilyText kMemorySourceErrors = {
     "kvgate_memory_source_errors_total", "Failed reads of the memory source."};
+constexpr FamilyText kEngineUp = {
+    "kvgate_engine_up",
+    "1 when the last scrape of a vllm or sglang engine's metrics succeeded."};
+constexpr FamilyText kEngineUsage = {
+    "kvgate_engine_kv_cache_usage_ratio",
+    "Fraction of its KV pool the engine reports in use, at the last good "
+    "scrape."};
+constexpr FamilyText kEngineCapacityTokens = {
+    "kvgate_engine_kv_capacity_tokens",
+    "The engine's KV pool in tokens, at the last good scrape."};
+constexpr FamilyText kEnginePreemptions = {
+    "kvgate_engine_preemptions_total",
+    "Requests the engine preempted (vLLM) or retracted (SGLang) while "
+    "kvgated watched it."};
+constexpr FamilyText kEngineScrapeErrors = {
+    "kvgate_engine_scrape_errors_total",
+    "Scrapes of the engine's metrics that failed or could not be read."};
 constexpr FamilyText kQueueWait = {
     "kvgate_queue_wait_seconds",
     "Time requests answered from the queue spent waiting in it."};
@@ -176,6 +194,14 @@ struct KvgateMetrics::ModelSeries : public ControllerListener {
   }
 };
 
+struct KvgateMetrics::EngineSeries {
+  prometheus::Gauge* up = nullptr;
+  prometheus::Gauge* usage = nullptr;
+  prometheus::Gauge* capacity_tokens = nullptr;
+  prometheus::Counter* preemptions = nullptr;
+  prometheus::Counter* scrape_errors = nullptr;
+};
+
 struct KvgateMetrics::DeviceSeries {
   prometheus::Gauge* total = nullptr;
   prometheus::Gauge* free = nullptr;
@@ -200,6 +226,11 @@ KvgateMetrics::KvgateMetrics(const Options& options)
       device_free_bytes_(AddGauge(*registry_, kDeviceFreeBytes)),
       device_used_bytes_(AddGauge(*registry_, kDeviceUsedBytes)),
       memory_source_errors_(AddCounter(*registry_, kMemorySourceErrors)),
+      engine_up_(AddGauge(*registry_, kEngineUp)),
+      engine_usage_(AddGauge(*registry_, kEngineUsage)),
+      engine_capacity_tokens_(AddGauge(*registry_, kEngineCapacityTokens)),
+      engine_preemptions_(AddCounter(*registry_, kEnginePreemptions)),
+      engine_scrape_errors_(AddCounter(*registry_, kEngineScrapeErrors)),
       queue_wait_(
           registry_->AddHistogramFamily(kQueueWait.name, kQueueWait.help)),
       admit_duration_(registry_->AddHistogramFamily(kAdmitDuration.name,
@@ -314,6 +345,42 @@ void KvgateMetrics::SetMemoryPressure(const std::string& model,
                                       bool under_pressure) {
   absl::MutexLock lock(&mu_);
   SeriesForLocked(model).memory_pressure->Set(under_pressure ? 1 : 0);
+}
+
+}  // namespace kvgate
+
+namespace kvgate {
+
+KvgateMetrics::EngineSeries& KvgateMetrics::EngineSeriesForLocked(
+    const std::string& model) {
+  std::unique_ptr<EngineSeries>& slot = engines_[model];
+  if (slot != nullptr) return *slot;
+  slot = std::make_unique<EngineSeries>();
+  const prometheus::Labels by_model = {{"model", model}};
+  slot->up = &engine_up_.Add(by_model);
+  slot->usage = &engine_usage_.Add(by_model);
+  slot->capacity_tokens = &engine_capacity_tokens_.Add(by_model);
+  slot->preemptions = &engine_preemptions_.Add(by_model);
+  slot->scrape_errors = &engine_scrape_errors_.Add(by_model);
+  return *slot;
+}
+
+void KvgateMetrics::AddEngine(const std::string& model) {
+  absl::MutexLock lock(&mu_);
+  EngineSeriesForLocked(model);
+}
+
+void KvgateMetrics::RecordEngineScrape(const std::string& model,
+                                       const EngineScrape& scrape) {
+  absl::MutexLock lock(&mu_);
+  EngineSeries& s = EngineSeriesForLocked(model);
+  s.up->Set(scrape.up ? 1 : 0);
+  if (!scrape.up) s.scrape_errors->Increment();
+  if (scrape.usage.has_value()) s.usage->Set(*scrape.usage);
+  s.capacity_tokens->Set(static_cast<double>(scrape.capacity_tokens));
+  if (scrape.new_preemptions > 0) {
+    s.preemptions->Increment(static_cast<double>(scrape.new_preemptions));
+  }
 }
 
 }  // namespace kvgate

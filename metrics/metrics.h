@@ -32,12 +32,19 @@
 //   kvgate_queue_bytes{model}, kvgate_memory_pressure{model}      gauges
 //   kvgate_device_{total,free,used}_bytes{gpu_uuid}               gauges
 //   kvgate_memory_source_errors_total{source}                     counter
+//   kvgate_engine_up{model}, kvgate_engine_kv_cache_usage_ratio{model},
+//   kvgate_engine_kv_capacity_tokens{model}                       gauges
+//   kvgate_engine_preemptions_total{model},
+//   kvgate_engine_scrape_errors_total{model}                      counters
+//       only for the pools of a vllm or sglang engine (docs/design.md,
+//       "Engines")
 #ifndef KVGATE_METRICS_METRICS_H_
 #define KVGATE_METRICS_METRICS_H_
 
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -111,12 +118,33 @@ class KvgateMetrics {
   // model's admissions, else 0.
   void SetMemoryPressure(const std::string& model, bool under_pressure);
 
+  // Creates the kvgate_engine_* series of a vllm or sglang pool (up 0 until
+  // its first scrape), so that they exist before the engine answers.
+  void AddEngine(const std::string& model);
+
+  // What one scrape of a pool's engine showed.
+  struct EngineScrape {
+    // Whether the scrape succeeded; a failure counts a scrape error.
+    bool up = false;
+    // The usage fraction; unset keeps the last figure.
+    std::optional<double> usage;
+    // The pool in tokens (the last good figure when the scrape failed).
+    uint64_t capacity_tokens = 0;
+    // Preemptions counted by this scrape.
+    uint64_t new_preemptions = 0;
+  };
+  // Sets the model's kvgate_engine_* series. Called by the engine poller.
+  void RecordEngineScrape(const std::string& model, const EngineScrape& scrape);
+
  private:
   class Registry;
   struct ModelSeries;
   struct DeviceSeries;
+  struct EngineSeries;
 
   ModelSeries& SeriesForLocked(const std::string& model)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  EngineSeries& EngineSeriesForLocked(const std::string& model)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::shared_ptr<Registry> registry_;
@@ -137,6 +165,11 @@ class KvgateMetrics {
   prometheus::Family<prometheus::Gauge>& device_free_bytes_;
   prometheus::Family<prometheus::Gauge>& device_used_bytes_;
   prometheus::Family<prometheus::Counter>& memory_source_errors_;
+  prometheus::Family<prometheus::Gauge>& engine_up_;
+  prometheus::Family<prometheus::Gauge>& engine_usage_;
+  prometheus::Family<prometheus::Gauge>& engine_capacity_tokens_;
+  prometheus::Family<prometheus::Counter>& engine_preemptions_;
+  prometheus::Family<prometheus::Counter>& engine_scrape_errors_;
   DurationHistogramFamily& queue_wait_;
   DurationHistogramFamily& admit_duration_;
   DurationHistogram& admit_duration_all_;
@@ -147,6 +180,8 @@ class KvgateMetrics {
   absl::flat_hash_map<std::string, std::unique_ptr<DeviceSeries>> devices_
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, prometheus::Counter*> source_errors_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<EngineSeries>> engines_
       ABSL_GUARDED_BY(mu_);
 };
 

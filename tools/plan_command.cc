@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "estimator/gpu_catalog.h"
-#include "estimator/planning/plan.h"
+#include "estimator/plan.h"
 #include "tools/cli_flags.h"
 #include "tools/cli_output.h"
 #include "tools/commands.h"

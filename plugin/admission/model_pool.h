@@ -76,6 +76,15 @@ class ModelPool {
   Controller& controller() const { return *controller_; }
   uint64_t capacity_bytes() const { return capacity_bytes_; }
 
+  // What a lease reserves for a batch the estimator sized at `kv_bytes` of
+  // KV cache and `activation_bytes` of activation peak: both for a dynamic
+  // engine; the (block-rounded) KV only for a preallocating one, which set
+  // its activation peak aside before taking its pool.
+  AdmitCost LeaseCost(uint64_t kv_bytes, uint64_t activation_bytes) const {
+    return {kv_bytes,
+            settings_.engine.preallocates() ? uint64_t{0} : activation_bytes};
+  }
+
   // Free memory of the tightest GPU of this pool as last polled (for a
   // static source: the simulated device minus the ledger).
   uint64_t device_free_bytes() const {

@@ -171,8 +171,8 @@ BodyVerdict ExtProcGate::OnRequestBody(const GatedRequest& request,
   admit.ticket.request_id = std::move(request_id);
   admit.ticket.tenant = request.tenant;
   admit.ticket.priority = request.priority;
-  admit.ticket.cost.kv_bytes = estimate.kv_cache_bytes;
-  admit.ticket.cost.activation_bytes = estimate.activation_bytes;
+  admit.ticket.cost =
+      pool->LeaseCost(estimate.kv_cache_bytes, estimate.activation_bytes);
   admit.ticket.deadline = now + options_.max_hold;
   return admit;
 }

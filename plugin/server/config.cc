@@ -74,7 +74,10 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   if (m.block_size() > 1024) {
     return Invalid(field + ".block_size", "must be between 1 and 1024");
   }
-  o.block_size = m.block_size() == 0 ? 16 : m.block_size();
+  // SGLang's pool is paged by single tokens by default (--page-size 1);
+  // vLLM's and the dynamic estimate's by blocks of 16.
+  const uint32_t default_block = m.engine().kind() == "sglang" ? 1 : 16;
+  o.block_size = m.block_size() == 0 ? default_block : m.block_size();
   if (m.tensor_parallel() > 64) {
     return Invalid(field + ".tensor_parallel", "must be between 1 and 64");
   }

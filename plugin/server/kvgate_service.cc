@@ -263,6 +263,8 @@ absl::StatusOr<AdmitTicket> AdmissionService::MakeTicket(
       request, pool.model(),
       AdmitRequestLimits{options_.max_sequences, options_.max_id_bytes}, now);
   if (!ticket.ok()) return ticket;
+  ticket->cost =
+      pool.LeaseCost(ticket->cost.kv_bytes, ticket->cost.activation_bytes);
   if (options_.authenticator != nullptr) {
     ApplyCaller(caller, &*ticket);
   }

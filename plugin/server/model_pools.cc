@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "estimator/plan.h"
 #include "plugin/admission/clock.h"
 #include "plugin/base/json_log.h"
 #include "plugin/memory/nvml_memory_source.h"
@@ -45,12 +46,37 @@ absl::StatusOr<uint64_t> DeviceBytesFor(const ModelPoolSettings& pool,
   return bytes;
 }
 
+// The capacity a pool starts on. A dynamic engine's: the device x
+// utilization - weights - overhead (PoolCapacity). A preallocating engine's,
+// until it answers: the KV pool `kvgate plan` says it takes on that device
+// (its tokens x KV bytes per token); PoolCapacity's figure, with a warning,
+// when the plan fails (the engine will tell the real pool).
+absl::StatusOr<uint64_t> StartCapacity(const ModelPoolSettings& m,
+                                       uint64_t device_bytes) {
+  absl::StatusOr<uint64_t> dynamic = PoolCapacity(m, device_bytes);
+  if (!dynamic.ok() || !m.engine.preallocates()) return dynamic;
+  PlanOptions o;
+  o.gpu_memory_bytes = device_bytes;
+  o.gpu_memory_utilization = m.gpu_memory_utilization;
+  o.serving = m.model.options();
+  o.max_model_len = m.model.max_model_len();
+  absl::StatusOr<Plan> plan = PlanServing(m.model.spec(), o);
+  if (!plan.ok() || plan->kv_cache_tokens == 0) {
+    LogWarning("no plan for the engine's pool: starting on the device budget",
+               {{"model", m.name},
+                {"error", plan.ok() ? "empty pool" : plan.status().ToString()},
+                {"capacity_bytes", absl::StrCat(*dynamic)}});
+    return dynamic;
+  }
+  return plan->kv_cache_tokens * m.model.kv_cache_bytes_per_token();
+}
+
 // One pool, its controller made from the template in `options`.
 absl::StatusOr<std::unique_ptr<ModelPool>> BuildPool(
     ModelPoolSettings m, const PoolBuildOptions& options) {
   absl::StatusOr<uint64_t> device_bytes = DeviceBytesFor(m, options);
   if (!device_bytes.ok()) return device_bytes.status();
-  absl::StatusOr<uint64_t> capacity = PoolCapacity(m, *device_bytes);
+  absl::StatusOr<uint64_t> capacity = StartCapacity(m, *device_bytes);
   if (!capacity.ok()) return capacity.status();
   Controller::Options controller_options = options.controller;
   controller_options.capacity_bytes = *capacity;
@@ -64,6 +90,7 @@ absl::StatusOr<std::unique_ptr<ModelPool>> BuildPool(
   if (!controller.ok()) return controller.status();
   LogInfo("model loaded",
           {{"model", m.name},
+           {"engine", EngineSettings::KindName(m.engine.kind)},
            {"model_type", m.model.spec().model_type},
            {"weights_bytes", absl::StrCat(m.model.weights_bytes())},
            {"kv_cache_bytes_per_token",

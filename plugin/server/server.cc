@@ -83,9 +83,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   server->ticker_ = std::make_unique<Ticker>(
       &server->registry_, server->guard_.get(), &src, server->metrics_.get());
   server->ticker_->Poll();
+  if (absl::Status s = server->InitEnginePollers(); !s.ok()) return s;
   if (absl::Status s = server->StartListeners(); !s.ok()) return s;
   server->SetServing(true);
   server->ticker_->Start();
+  for (auto& poller : server->engine_pollers_) poller->Start();
   server->serving_ = true;
   const ServerSettings& settings = server->options_.settings;
   LogInfo("listening",
@@ -126,6 +128,18 @@ absl::StatusOr<Server::Validation> Server::Validate(Options options) {
   if (!registry.ok()) return InStage(kInvalidConfiguration, registry.status());
   validation.memory_source = "static";
   return validation;
+}
+
+absl::Status Server::InitEnginePollers() {
+  for (const auto& pool : registry_.pools()) {
+    if (!pool->settings().engine.preallocates()) continue;
+    absl::StatusOr<std::unique_ptr<EnginePoller>> poller =
+        EnginePoller::Create(pool.get(), metrics_.get());
+    if (!poller.ok()) return InStage(kInvalidConfiguration, poller.status());
+    (*poller)->PollOnce();
+    engine_pollers_.push_back(*std::move(poller));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Server::InitSecurity() {
@@ -280,6 +294,7 @@ void Server::Wait() {
     LogWarning("calls still open after shutdown");
   }
   ticker_->Stop();
+  for (auto& poller : engine_pollers_) poller->Stop();
   const std::string socket_path = UnixPath(options_.settings.grpc_address);
   if (!socket_path.empty()) unlink(socket_path.c_str());
   waited_ = true;

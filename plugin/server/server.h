@@ -35,6 +35,7 @@
 #include "plugin/memory/memory_source.h"
 #include "plugin/security/auth.h"
 #include "plugin/server/config.h"
+#include "plugin/server/engine_poller.h"
 #include "plugin/server/kvgate_service.h"
 #include "plugin/server/ticker.h"
 
@@ -121,6 +122,8 @@ class Server {
   absl::Status InitSecurity();
   absl::Status InitPools();
   absl::Status InitMetricsEndpoint();
+  // One EnginePoller per vllm or sglang pool, each polled once.
+  absl::Status InitEnginePollers();
   absl::Status StartListeners();
   void SetServing(bool serving);
 
@@ -138,6 +141,7 @@ class Server {
   std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<MemoryGuard> guard_;
   std::unique_ptr<Ticker> ticker_;
+  std::vector<std::unique_ptr<EnginePoller>> engine_pollers_;
   std::unique_ptr<AdmissionService> service_;
   std::unique_ptr<ExtProcService> ext_proc_;
   std::unique_ptr<grpc::Server> server_;

@@ -62,6 +62,12 @@ void Ticker::UpdatePool(ModelPool& pool, const MemoryGuard::Reading& r) {
   if (judged.device_free_bytes.has_value()) {
     pool.set_device_free_bytes(*judged.device_free_bytes);
   }
+  // A preallocating engine took its pool at start-up: device memory is not
+  // the signal, and its poller owns the pause (engine_poller.h).
+  if (pool.settings().engine.preallocates()) {
+    metrics_->SetBudget(pool.name(), s, pool.model().weights_bytes());
+    return;
+  }
   const bool pressure = judged.pressure;
   if (pressure != s.memory_pressure) {
     (pressure ? LogWarning : LogInfo)(pressure

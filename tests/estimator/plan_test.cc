@@ -1,7 +1,7 @@
 // Tests of the GPU catalog and the serving plan: lookups, the arithmetic of
 // the vLLM-style budget, errors, and agreement with published vLLM start-up
 // logs (docs/calibration/vllm-plan.md).
-#include "estimator/planning/plan.h"
+#include "estimator/plan.h"
 
 #include <cctype>
 #include <cmath>

@@ -416,6 +416,22 @@ TEST_F(KvgatedTest, ValidateRejectsABadConfigWithOneJsonErrorLine) {
        "models { name: \"m\" preset: \"gpt2\" }\n"
        "memory_source { static_source { memory_bytes: 1000 } }",
        "'m' does not fit"},
+      {"unknown engine",
+       "models { name: \"m\" preset: \"gpt2\" engine { kind: \"tgi\" } }",
+       "models[0].engine.kind: unknown engine 'tgi'"},
+      {"engine url not http",
+       "models { name: \"m\" preset: \"gpt2\" engine { kind: \"vllm\" "
+       "metrics_url: \"unix:/run/vllm.sock\" } }",
+       "models[0].engine.metrics_url"},
+      {"dynamic engine with a url",
+       "models { name: \"m\" preset: \"gpt2\" engine { "
+       "metrics_url: \"http://127.0.0.1:8000/metrics\" } }",
+       "models[0].engine.metrics_url: is only read for a vllm or sglang"},
+      {"zero cooldown",
+       "models { name: \"m\" preset: \"gpt2\" engine { kind: \"vllm\" "
+       "metrics_url: \"http://127.0.0.1:8000/metrics\" "
+       "preemption_cooldown { seconds: 0 } } }",
+       "models[0].engine.preemption_cooldown: must be more than 0"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);

@@ -58,7 +58,7 @@ class IncludeRuleTest(unittest.TestCase):
         self.assertIn("metrics/metrics.h:1", errors[0])
 
     def test_estimator_including_planning_fails(self):
-        self.plant("estimator/serving.h", "estimator/planning/plan.h")
+        self.plant("estimator/serving.h", "estimator/planning/training.h")
         errors = check_layering.check_includes(self.tmp)
         self.assertEqual(len(errors), 1, errors)
         self.assertIn("layer 'estimator'", errors[0])

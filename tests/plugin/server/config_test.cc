@@ -329,10 +329,65 @@ INSTANTIATE_TEST_SUITE_P(
                     "queue { max_queue_wait { seconds: -1 } }",
                     "queue.max_queue_wait"},
         InvalidCase{"MaxRequestsTooMany", "queue { max_requests: 2000000 }",
-                    "queue.max_requests"}),
+                    "queue.max_requests"},
+        InvalidCase{"UnknownEngineKind",
+                    "models { name: \"a\" preset: \"gpt2\" "
+                    "engine { kind: \"tgi\" } }",
+                    "models[0].engine.kind: unknown engine 'tgi'; expected "
+                    "dynamic, vllm or sglang"},
+        InvalidCase{"EngineMetricsUrlNotHttp",
+                    "models { name: \"a\" preset: \"gpt2\" engine { kind: "
+                    "\"vllm\" metrics_url: \"https://h:8000/metrics\" } }",
+                    "models[0].engine.metrics_url"},
+        InvalidCase{"EngineWithoutMetricsUrl",
+                    "models { name: \"a\" preset: \"gpt2\" "
+                    "engine { kind: \"sglang\" } }",
+                    "models[0].engine.metrics_url: a sglang engine needs"},
+        InvalidCase{"DynamicEngineWithMetricsUrl",
+                    "models { name: \"a\" preset: \"gpt2\" engine { kind: "
+                    "\"dynamic\" metrics_url: \"http://h:8000/metrics\" } }",
+                    "models[0].engine.metrics_url: is only read for a vllm or "
+                    "sglang engine"},
+        InvalidCase{"ZeroPreemptionCooldown",
+                    "models { name: \"a\" preset: \"gpt2\" engine { kind: "
+                    "\"vllm\" metrics_url: \"http://h:8000/metrics\" "
+                    "preemption_cooldown { } } }",
+                    "models[0].engine.preemption_cooldown"},
+        InvalidCase{"EnginePollTooShort",
+                    "models { name: \"a\" preset: \"gpt2\" engine { kind: "
+                    "\"vllm\" metrics_url: \"http://h:8000/metrics\" "
+                    "poll_interval { nanos: 1000 } } }",
+                    "models[0].engine.poll_interval"}),
     [](const ::testing::TestParamInfo<InvalidCase>& info) {
       return std::string(info.param.name);
     });
+
+TEST(ResolveServerConfigTest, EngineKindsAndTheirDefaults) {
+  absl::StatusOr<ServerSettings> s = ResolveText(
+      "models { name: \"d\" preset: \"gpt2\" }\n"
+      "models { name: \"v\" preset: \"gpt2\" max_model_len: 512 engine { "
+      "kind: \"vllm\" metrics_url: \"http://127.0.0.1:8000/metrics\" } }\n"
+      "models { name: \"s\" preset: \"gpt2\" engine { kind: \"sglang\" "
+      "metrics_url: \"http://127.0.0.1:30000/metrics\" "
+      "poll_interval { seconds: 1 } preemption_cooldown { seconds: 30 } } }");
+  ASSERT_TRUE(s.ok()) << s.status();
+  const EngineSettings& dynamic = s->models[0].engine;
+  EXPECT_EQ(dynamic.kind, EngineSettings::Kind::kDynamic);
+  EXPECT_FALSE(dynamic.preallocates());
+  EXPECT_EQ(s->models[0].model.options().block_size, 16u);
+  const EngineSettings& vllm = s->models[1].engine;
+  EXPECT_EQ(vllm.kind, EngineSettings::Kind::kVllm);
+  EXPECT_EQ(vllm.metrics_url, "http://127.0.0.1:8000/metrics");
+  EXPECT_EQ(vllm.poll_interval, absl::Milliseconds(200));
+  EXPECT_EQ(vllm.preemption_cooldown, absl::Seconds(5));
+  EXPECT_EQ(s->models[1].model.max_model_len(), 512u);
+  EXPECT_EQ(s->models[1].model.options().block_size, 16u);
+  const EngineSettings& sglang = s->models[2].engine;
+  EXPECT_EQ(sglang.kind, EngineSettings::Kind::kSglang);
+  EXPECT_EQ(sglang.poll_interval, absl::Seconds(1));
+  EXPECT_EQ(sglang.preemption_cooldown, absl::Seconds(30));
+  EXPECT_EQ(s->models[2].model.options().block_size, 1u);  // SGLang pages
+}
 
 ModelPoolSettings Gpt2Pool(double utilization, uint64_t overhead) {
   absl::StatusOr<ServerSettings> s = ResolveText("models { preset: \"gpt2\" }");

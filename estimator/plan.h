@@ -21,8 +21,8 @@
 //
 // A model does not fit when the budget is negative or when the cache cannot
 // hold one sequence of max_model_len tokens (vLLM refuses to start then).
-#ifndef KVGATE_ESTIMATOR_PLANNING_PLAN_H_
-#define KVGATE_ESTIMATOR_PLANNING_PLAN_H_
+#ifndef KVGATE_ESTIMATOR_PLAN_H_
+#define KVGATE_ESTIMATOR_PLAN_H_
 
 #include <cstdint>
 
@@ -110,4 +110,4 @@ ABSL_MUST_USE_RESULT absl::StatusOr<uint32_t> SmallestFittingTensorParallel(
 
 }  // namespace kvgate
 
-#endif  // KVGATE_ESTIMATOR_PLANNING_PLAN_H_
+#endif  // KVGATE_ESTIMATOR_PLAN_H_

@@ -1,4 +1,4 @@
-#include "estimator/planning/plan.h"
+#include "estimator/plan.h"
 
 #include <algorithm>
 #include <cmath>
