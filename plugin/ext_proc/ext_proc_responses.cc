@@ -85,8 +85,8 @@ void AddAdmittedHeaders(uint64_t reserved_bytes, HeaderMutation& mutation) {
   SetHeader(mutation, kReservedBytesHeader, absl::StrCat(reserved_bytes));
 }
 
-void ReplaceRequestBody(std::string body,
-                        envoy::service::ext_proc::v3::CommonResponse& response) {
+void ReplaceRequestBody(
+    std::string body, envoy::service::ext_proc::v3::CommonResponse& response) {
   SetHeader(*response.mutable_header_mutation(), "content-length",
             absl::StrCat(body.size()));
   response.mutable_body_mutation()->set_body(std::move(body));

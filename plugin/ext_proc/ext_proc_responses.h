@@ -62,8 +62,8 @@ void AddAdmittedHeaders(uint64_t reserved_bytes,
 // sent upstream with `body`, and set content-length to its size in the same
 // answer's header mutation: since Envoy 1.29 a length that does not match
 // the mutated body is a 500 before the upstream sees the request.
-void ReplaceRequestBody(
-    std::string body, envoy::service::ext_proc::v3::CommonResponse& response);
+void ReplaceRequestBody(std::string body,
+                        envoy::service::ext_proc::v3::CommonResponse& response);
 
 // Which message a plain CONTINUE answers.
 enum class ExtProcPhase {

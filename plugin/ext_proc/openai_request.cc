@@ -150,7 +150,8 @@ absl::Status ReadPrompt(const Json& request, const OpenAiParseLimits& limits,
     return Invalid("prompt: is required");
   }
   if (prompt->is_string()) {
-    out.prompts.push_back({prompt->get_ref<const std::string&>().size(), 0, {}});
+    out.prompts.push_back(
+        {prompt->get_ref<const std::string&>().size(), 0, {}});
     return absl::OkStatus();
   }
   if (IsTokenIdList(*prompt)) {
@@ -222,10 +223,9 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(
   if (!max_tokens.ok()) return max_tokens.status();
   out.max_tokens = max_completion->has_value() ? *max_completion : *max_tokens;
   if (*max_completion == uint64_t{0} || *max_tokens == uint64_t{0}) {
-    return Invalid(absl::StrCat(*max_completion == uint64_t{0}
-                                    ? "max_completion_tokens"
-                                    : "max_tokens",
-                                ": must be at least 1"));
+    return Invalid(absl::StrCat(
+        *max_completion == uint64_t{0} ? "max_completion_tokens" : "max_tokens",
+        ": must be at least 1"));
   }
 
   absl::StatusOr<std::optional<uint64_t>> n = Count(request, "n", limits.max_n);

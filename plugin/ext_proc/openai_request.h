@@ -12,9 +12,10 @@
 // its content (a string or a list of parts whose `text` counts; image and
 // audio parts are not counted) and its `tool_calls`, and the request's
 // `tools`). Other fields are ignored. The counting rules are the ones in
-// docs/design.md, "OpenAI requests", shared with the Python middleware. It allocates no more than the JSON document needs and
-// never throws; every failure is InvalidArgument with a message naming the
-// field, fit for the client.
+// docs/design.md, "OpenAI requests", shared with the Python middleware. It
+// allocates no more than the JSON document needs and never throws; every
+// failure is InvalidArgument with a message naming the field, fit for the
+// client.
 #ifndef KVGATE_PLUGIN_EXT_PROC_OPENAI_REQUEST_H_
 #define KVGATE_PLUGIN_EXT_PROC_OPENAI_REQUEST_H_
 

@@ -15,8 +15,8 @@ absl::Status TooLong(uint64_t max_model_len, uint64_t prompt,
                      uint64_t max_new) {
   return absl::InvalidArgumentError(absl::StrCat(
       "This model's maximum context length is ", max_model_len,
-      " tokens. However, you requested ", prompt + max_new, " tokens (",
-      prompt, " in the prompt, ", max_new,
+      " tokens. However, you requested ", prompt + max_new, " tokens (", prompt,
+      " in the prompt, ", max_new,
       " in the completion). Please reduce the prompt or max_tokens."));
 }
 
@@ -43,9 +43,9 @@ absl::StatusOr<OpenAiSizing> SizeOpenAiRequest(
     OpenAiEndpoint endpoint, const OpenAiRequest& request,
     const OpenAiSizingOptions& options,
     std::optional<uint64_t> trusted_prompt_tokens) {
-  const bool engine_rule_for_chat = !request.max_tokens.has_value() &&
-                                    options.default_max_tokens == 0 &&
-                                    endpoint == OpenAiEndpoint::kChatCompletions;
+  const bool engine_rule_for_chat =
+      !request.max_tokens.has_value() && options.default_max_tokens == 0 &&
+      endpoint == OpenAiEndpoint::kChatCompletions;
   if (engine_rule_for_chat && options.max_model_len == 0) {
     return absl::FailedPreconditionError(
         "the model's max_model_len is not known, so a chat request without "

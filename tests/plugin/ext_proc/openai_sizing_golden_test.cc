@@ -62,7 +62,8 @@ ModelRegistry Registry(uint64_t max_model_len, Clock* clock) {
 
 ExtProcOptions Options(const Json& settings) {
   ExtProcOptions options;
-  options.default_max_tokens = settings.at("default_max_tokens").get<uint32_t>();
+  options.default_max_tokens =
+      settings.at("default_max_tokens").get<uint32_t>();
   options.bytes_per_token = settings.at("bytes_per_token").get<double>();
   options.trust_token_count_header =
       settings.at("trust_token_count_header").get<bool>();
@@ -79,7 +80,7 @@ std::pair<Json, std::optional<std::string>> Answer(const Json& test,
   const ExtProcGate gate(&registry, Options(settings));
   ExtProcHeaders headers;
   headers.path = test.at("endpoint") == "chat" ? "/v1/chat/completions"
-                                                : "/v1/completions";
+                                               : "/v1/completions";
   headers.method = "POST";
   if (test.contains("token_count_header")) {
     headers.token_count = test.at("token_count_header").get<std::string>();
@@ -146,8 +147,9 @@ TEST(OpenAiSizingGoldenTest, RewrittenBodyKeepsTheFieldOrder) {
       R"({"prompt":"abcd","model":"m","temperature":0.25,"max_tokens":null})",
       "order", kNow);
   ASSERT_TRUE(std::holds_alternative<ExtProcAdmit>(b));
-  EXPECT_EQ(std::get<ExtProcAdmit>(b).body,
-            R"({"prompt":"abcd","model":"m","temperature":0.25,"max_tokens":64})");
+  EXPECT_EQ(
+      std::get<ExtProcAdmit>(b).body,
+      R"({"prompt":"abcd","model":"m","temperature":0.25,"max_tokens":64})");
 }
 
 }  // namespace
