@@ -1,6 +1,5 @@
 #include "plugin/ext_proc/ext_proc_gate.h"
 
-#include <cmath>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -103,7 +102,7 @@ HeadersVerdict ExtProcGate::OnRequestHeaders(const ExtProcHeaders& headers,
                        ": must be critical, standard or sheddable"));
     }
   }
-  if (!headers.token_count.empty()) {
+  if (options_.trust_token_count_header && !headers.token_count.empty()) {
     uint32_t tokens = 0;
     if (!absl::SimpleAtoi(headers.token_count, &tokens)) {
       return BadRequest(
@@ -151,16 +150,23 @@ BodyVerdict ExtProcGate::OnRequestBody(const GatedRequest& request,
                                    " sequences exceed the limit of ",
                                    options_.max_sequences));
   }
+  OpenAiSizingOptions sizing_options;
+  sizing_options.max_model_len = pool->model().max_model_len();
+  sizing_options.default_max_tokens = options_.default_max_tokens;
+  sizing_options.bytes_per_token = options_.bytes_per_token;
+  const absl::StatusOr<OpenAiSizing> sizing = SizeOpenAiRequest(
+      request.endpoint, *parsed, sizing_options, request.token_count);
+  if (!sizing.ok()) return AdmitError(sizing.status());
   ExtProcAdmit admit;
-  const uint64_t max_new =
-      parsed->max_tokens.value_or(options_.default_max_tokens);
-  admit.sequences.reserve(sequences);
-  for (const PromptSize& prompt : parsed->prompts) {
-    const uint64_t tokens =
-        PromptTokens(request, prompt, parsed->prompts.size());
-    for (uint32_t i = 0; i < parsed->n; ++i) {
-      admit.sequences.push_back({tokens, max_new});
-    }
+  if (sizing->written_max_tokens.has_value()) {
+    absl::StatusOr<std::string> rewritten =
+        BodyWithMaxTokens(body, *sizing->written_max_tokens);
+    if (!rewritten.ok()) return AdmitError(rewritten.status());
+    admit.body = *std::move(rewritten);
+  }
+  admit.sequences.reserve(sizing->sequences.size());
+  for (const OpenAiSequence& s : sizing->sequences) {
+    admit.sequences.push_back({s.prompt_tokens, s.max_new_tokens});
   }
   BatchEstimate estimate;
   if (absl::Status s = pool->model().EstimateBatch(admit.sequences, &estimate);
@@ -183,26 +189,6 @@ HttpError ExtProcGate::AdmitError(const absl::Status& status) {
   }
   return {500, "api_error", "INTERNAL", std::string(status.message()),
           absl::ZeroDuration()};
-}
-
-// Prompt tokens of one prompt: the trusted header (shared evenly when a
-// request batches several prompts), else the token ids sent, else the
-// text's bytes / bytes_per_token rounded up. At least 1.
-uint64_t ExtProcGate::PromptTokens(const GatedRequest& request,
-                                   const PromptSize& prompt,
-                                   size_t prompts) const {
-  uint64_t tokens = 0;
-  if (request.token_count.has_value()) {
-    tokens = (*request.token_count + prompts - 1) / prompts;
-  } else if (prompt.token_ids.has_value()) {
-    tokens = *prompt.token_ids;
-  } else {
-    const double estimate =
-        static_cast<double>(prompt.text_bytes) / options_.bytes_per_token;
-    // text_bytes is bounded by max_body_bytes (<= 1 GiB), so this fits.
-    tokens = static_cast<uint64_t>(std::ceil(estimate));
-  }
-  return tokens == 0 ? 1 : tokens;
 }
 
 }  // namespace kvgate

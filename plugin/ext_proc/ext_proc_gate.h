@@ -35,6 +35,7 @@
 #include "plugin/ext_proc/ext_proc_options.h"
 #include "plugin/ext_proc/ext_proc_responses.h"
 #include "plugin/ext_proc/openai_request.h"
+#include "plugin/ext_proc/openai_sizing.h"
 
 namespace kvgate {
 
@@ -77,7 +78,8 @@ struct GatedRequest {
   std::string tenant;  // "" = the controller's "default"
   Priority priority = Priority::kStandard;
   // The trusted prompt token count (token-count header), for all the
-  // request's prompts together; nullopt when the header is absent.
+  // request's prompts together; nullopt when the header is absent or not
+  // trusted (ExtProcOptions::trust_token_count_header).
   std::optional<uint64_t> token_count;
 };
 
@@ -95,6 +97,10 @@ struct ExtProcAdmit {
   // The sizing behind ticket.cost: one shape per sequence (each prompt n
   // times, in order), with the prompt tokens and max new tokens assumed.
   std::vector<SequenceShape> sequences;
+  // The body to forward instead of the client's, when kvgated wrote its
+  // default max_tokens into it (ExtProcOptions::default_max_tokens); the
+  // answer must also set content-length to its size.
+  std::optional<std::string> body;
 };
 
 // The answer once the body is complete: admit, or an immediate response.
@@ -120,13 +126,14 @@ class ExtProcGate {
   //   - 503 NOT_READY while !state.ready, then 503 DRAINING while
   //     state.draining (both Retry-After: 1);
   //   - 400 INVALID_REQUEST for a tenant over kMaxTenantBytes, a priority
-  //     other than critical / standard / sheddable (any case), or a
-  //     token-count header that is not a uint32;
+  //     other than critical / standard / sheddable (any case), or (with
+  //     trust_token_count_header) a token-count header that is not a uint32;
   //   - 413 BODY_TOO_LARGE for a content-length over max_body_bytes (an
   //     unreadable content-length is ignored);
   //   - otherwise the GatedRequest (priority STANDARD when absent).
-  // The token-count header is trusted as sent: strip it from untrusted
-  // clients in front of Envoy.
+  // The token-count header is read only with trust_token_count_header, and
+  // then trusted as sent: only behind a gateway that tokenizes and strips
+  // client-sent values.
   HeadersVerdict OnRequestHeaders(const ExtProcHeaders& headers,
                                   ServingState state) const;
 
@@ -139,15 +146,16 @@ class ExtProcGate {
   //   - 400 INVALID_REQUEST with the parser's message for a body
   //     ParseOpenAiRequest refuses;
   //   - 404 MODEL_NOT_FOUND for a model no pool serves;
-  //   - 400 INVALID_REQUEST for prompts x n over max_sequences, or a batch
-  //     the model's estimator refuses (e.g. longer than its context);
-  //   - otherwise ExtProcAdmit with ticket id `request_id` and a deadline of
-  //     `now` + max_hold.
-  // Sizing, per sequence: prompt tokens from the token-count header (split
-  // evenly, rounded up, across the prompts), else the token ids sent, else
-  // the text's bytes / bytes_per_token rounded up, and at least 1; max new
-  // tokens from max_completion_tokens, else max_tokens, else
-  // default_max_tokens.
+  //   - 400 INVALID_REQUEST for prompts x n over max_sequences, a sequence
+  //     whose prompt + max new tokens exceeds the model's max_model_len, or
+  //     a batch the model's estimator refuses;
+  //   - 500 INTERNAL for a chat request without a max when neither the
+  //     model's max_model_len nor default_max_tokens is known;
+  //   - otherwise ExtProcAdmit with ticket id `request_id`, a deadline of
+  //     `now` + max_hold, and the rewritten body when default_max_tokens
+  //     applied.
+  // Sizing: SizeOpenAiRequest (openai_sizing.h) with the model's
+  // max_model_len, default_max_tokens and bytes_per_token.
   BodyVerdict OnRequestBody(const GatedRequest& request, absl::string_view body,
                             std::string request_id, absl::Time now) const;
 
@@ -157,9 +165,6 @@ class ExtProcGate {
   static HttpError AdmitError(const absl::Status& status);
 
  private:
-  uint64_t PromptTokens(const GatedRequest& request, const PromptSize& prompt,
-                        size_t prompts) const;
-
   const ModelRegistry* registry_;
   const ExtProcOptions options_;
 };

@@ -30,9 +30,8 @@ absl::StatusOr<ExtProcOptions> ResolveExtProcConfig(
     const kvgate::v1::ExtProcConfig& config, absl::Duration default_max_hold) {
   ExtProcOptions options;
   options.listen_address = config.listen_address();
-  if (config.default_max_tokens() != 0) {
-    options.default_max_tokens = config.default_max_tokens();
-  }
+  options.default_max_tokens = config.default_max_tokens();
+  options.trust_token_count_header = config.trust_token_count_header();
   if (config.bytes_per_token() != 0) {
     if (!std::isfinite(config.bytes_per_token()) ||
         config.bytes_per_token() < 0 || config.bytes_per_token() > 1024) {

@@ -18,12 +18,17 @@ namespace kvgate {
 struct ExtProcOptions {
   // Separate listener for Envoy. Default empty: the main gRPC listener.
   std::string listen_address;
-  // max_tokens assumed when the request sets neither max_tokens nor
-  // max_completion_tokens. Default 256.
-  uint32_t default_max_tokens = 256;
+  // When > 0: the max new tokens of a request that sets neither max_tokens
+  // nor max_completion_tokens, written into the body forwarded to the
+  // engine as max_tokens. Default 0: the engine's own rule
+  // (max_model_len - prompt for chat, 16 for completions; openai_sizing.h).
+  uint32_t default_max_tokens = 0;
   // Prompt bytes per token, to estimate a prompt's tokens from its text when
   // no token count is known. Default 4.0.
   double bytes_per_token = 4.0;
+  // Take a request's prompt token count from token_count_header. Default
+  // false: the header is ignored and kvgated counts the prompt itself.
+  bool trust_token_count_header = false;
   // Request headers read for the tenant, the priority and a trusted prompt
   // token count (lower case, as Envoy sends them). Defaults
   // "x-kvgate-tenant", "x-kvgate-priority", "x-kvgate-prompt-tokens".

@@ -1,6 +1,7 @@
 #include "plugin/ext_proc/ext_proc_responses.h"
 
 #include <cmath>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -82,6 +83,13 @@ void SetHeader(HeaderMutation& mutation, absl::string_view key,
 void AddAdmittedHeaders(uint64_t reserved_bytes, HeaderMutation& mutation) {
   SetHeader(mutation, kDecisionHeader, "ADMITTED");
   SetHeader(mutation, kReservedBytesHeader, absl::StrCat(reserved_bytes));
+}
+
+void ReplaceRequestBody(
+    std::string body, envoy::service::ext_proc::v3::CommonResponse& response) {
+  SetHeader(*response.mutable_header_mutation(), "content-length",
+            absl::StrCat(body.size()));
+  response.mutable_body_mutation()->set_body(std::move(body));
 }
 
 ProcessingResponse ImmediateError(const HttpError& error) {

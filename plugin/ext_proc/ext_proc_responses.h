@@ -58,6 +58,13 @@ void SetHeader(envoy::service::ext_proc::v3::HeaderMutation& mutation,
 void AddAdmittedHeaders(uint64_t reserved_bytes,
                         envoy::service::ext_proc::v3::HeaderMutation& mutation);
 
+// Makes `response` (the answer to a request body message) replace the body
+// sent upstream with `body`, and set content-length to its size in the same
+// answer's header mutation: since Envoy 1.29 a length that does not match
+// the mutated body is a 500 before the upstream sees the request.
+void ReplaceRequestBody(std::string body,
+                        envoy::service::ext_proc::v3::CommonResponse& response);
+
 // Which message a plain CONTINUE answers.
 enum class ExtProcPhase {
   kRequestHeaders,

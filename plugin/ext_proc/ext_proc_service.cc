@@ -232,6 +232,7 @@ class ExtProcService::Stream final
     }
     ExtProcAdmit& admit = std::get<ExtProcAdmit>(verdict);
     pool_ = admit.pool;
+    replacement_body_ = std::move(admit.body);
     admit_pending_ = true;
     Action action;
     action.pool = admit.pool;
@@ -303,6 +304,9 @@ class ExtProcService::Stream final
 
   // Admitted: each held body (or trailers) message is answered CONTINUE; the
   // last body answer carries the x-kvgate-* headers for the upstream request.
+  // With a rewritten body (the gate wrote max_tokens), the last body answer
+  // carries it whole with its content-length, and earlier chunks (STREAMED
+  // mode) are cleared.
   void AnswerHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     size_t last_body = held_.size();
     for (size_t i = 0; i < held_.size(); ++i) {
@@ -310,6 +314,15 @@ class ExtProcService::Stream final
     }
     for (size_t i = 0; i < held_.size(); ++i) {
       ProcessingResponse response = ContinueResponse(held_[i]);
+      if (held_[i] == ExtProcPhase::kRequestBody &&
+          replacement_body_.has_value()) {
+        auto* common = response.mutable_request_body()->mutable_response();
+        if (i == last_body) {
+          ReplaceRequestBody(*std::move(replacement_body_), *common);
+        } else {
+          common->mutable_body_mutation()->set_clear_body(true);
+        }
+      }
       if (i == last_body) {
         AddAdmittedHeaders(reserved_bytes_, *response.mutable_request_body()
                                                  ->mutable_response()
@@ -318,6 +331,7 @@ class ExtProcService::Stream final
       WriteLocked(std::move(response));
     }
     held_.clear();
+    replacement_body_.reset();
   }
 
   // The response is complete: its lease goes back (once).
@@ -386,6 +400,8 @@ class ExtProcService::Stream final
   State state_ ABSL_GUARDED_BY(mu_) = State::kHeaders;
   GatedRequest gated_ ABSL_GUARDED_BY(mu_);  // once kBody
   std::string body_ ABSL_GUARDED_BY(mu_);
+  // The body to forward instead of the client's (ExtProcAdmit::body).
+  std::optional<std::string> replacement_body_ ABSL_GUARDED_BY(mu_);
   // Request messages whose answers wait for the decision, in order.
   std::vector<ExtProcPhase> held_ ABSL_GUARDED_BY(mu_);
   bool extended_ ABSL_GUARDED_BY(mu_) = false;

@@ -7,15 +7,19 @@
 // thread per stream. What to answer is ExtProcGate's decision
 // (ext_proc_gate.h, pure and unit-tested); the reactor moves the messages,
 // asks the gate, and admits, cancels and releases on the controller:
-//   request_headers  the gate checks :path, tenant, priority and the trusted
-//                    token-count header; CONTINUE (ungated paths, methods
-//                    other than POST and bodiless requests pass through).
+//   request_headers  the gate checks :path, tenant, priority and (when
+//                    trusted) the token-count header; CONTINUE (ungated paths,
+//                    methods other than POST and bodiless requests pass
+//                    through).
 //   request_body     chunks accumulate (BUFFERED sends one, STREAMED many;
 //                    their answers are held) up to end_of_stream or trailers;
 //                    then the gate parses the body and sizes the batch, and
 //                    the ticket is admitted on the model's Controller:
 //                    - ADMITTED: every held chunk is answered CONTINUE, the
-//                      last with x-kvgate-decision / -reserved-bytes headers;
+//                      last with x-kvgate-decision / -reserved-bytes headers
+//                      (and, when the gate wrote default_max_tokens into
+//                      the body, the new body and its content-length;
+//                      earlier chunks are cleared);
 //                    - queued: Envoy is told to wait (override_message_timeout
 //                      = max_hold + 1 s) and the answer comes when the
 //                      controller admits or rejects it;

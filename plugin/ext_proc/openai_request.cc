@@ -86,6 +86,22 @@ absl::StatusOr<uint64_t> ContentBytes(const Json& content, size_t index) {
   return bytes;
 }
 
+// Bytes of every key and string value in `value` (tool definitions, tool
+// calls): the text a chat template renders into the prompt. Recursion is
+// bounded by OpenAiParseLimits::max_depth, checked before parsing.
+uint64_t StringBytes(const Json& value) {
+  if (value.is_string()) return value.get_ref<const std::string&>().size();
+  uint64_t bytes = 0;
+  if (value.is_object()) {
+    for (const auto& [key, item] : value.items()) {
+      bytes += key.size() + StringBytes(item);
+    }
+  } else if (value.is_array()) {
+    for (const Json& item : value) bytes += StringBytes(item);
+  }
+  return bytes;
+}
+
 absl::Status ReadMessages(const Json& request, OpenAiRequest& out) {
   const auto messages = request.find("messages");
   if (messages == request.end()) return Invalid("messages: is required");
@@ -102,12 +118,19 @@ absl::Status ReadMessages(const Json& request, OpenAiRequest& out) {
     if (role != message.end() && role->is_string()) {
       prompt.text_bytes += role->get_ref<const std::string&>().size();
     }
+    prompt.template_tokens += kChatTokensPerMessage;
+    const auto tool_calls = message.find("tool_calls");
+    if (tool_calls != message.end()) {
+      prompt.text_bytes += StringBytes(*tool_calls);
+    }
     const auto content = message.find("content");
     if (content == message.end()) continue;
     absl::StatusOr<uint64_t> bytes = ContentBytes(*content, i);
     if (!bytes.ok()) return bytes.status();
     prompt.text_bytes += *bytes;
   }
+  const auto tools = request.find("tools");
+  if (tools != request.end()) prompt.text_bytes += StringBytes(*tools);
   out.prompts.push_back(prompt);
   return absl::OkStatus();
 }
@@ -127,11 +150,12 @@ absl::Status ReadPrompt(const Json& request, const OpenAiParseLimits& limits,
     return Invalid("prompt: is required");
   }
   if (prompt->is_string()) {
-    out.prompts.push_back({prompt->get_ref<const std::string&>().size(), {}});
+    out.prompts.push_back(
+        {prompt->get_ref<const std::string&>().size(), 0, {}});
     return absl::OkStatus();
   }
   if (IsTokenIdList(*prompt)) {
-    out.prompts.push_back({0, prompt->size()});
+    out.prompts.push_back({0, 0, prompt->size()});
     return absl::OkStatus();
   }
   if (!prompt->is_array() || prompt->empty()) {
@@ -147,9 +171,9 @@ absl::Status ReadPrompt(const Json& request, const OpenAiParseLimits& limits,
   for (size_t i = 0; i < prompt->size(); ++i) {
     const Json& item = (*prompt)[i];
     if (item.is_string()) {
-      out.prompts.push_back({item.get_ref<const std::string&>().size(), {}});
+      out.prompts.push_back({item.get_ref<const std::string&>().size(), 0, {}});
     } else if (IsTokenIdList(item)) {
-      out.prompts.push_back({0, item.size()});
+      out.prompts.push_back({0, 0, item.size()});
     } else {
       return Invalid(
           absl::StrCat("prompt[", i,
@@ -198,6 +222,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(
       Count(request, "max_tokens", kMaxTokens);
   if (!max_tokens.ok()) return max_tokens.status();
   out.max_tokens = max_completion->has_value() ? *max_completion : *max_tokens;
+  if (*max_completion == uint64_t{0} || *max_tokens == uint64_t{0}) {
+    return Invalid(absl::StrCat(
+        *max_completion == uint64_t{0} ? "max_completion_tokens" : "max_tokens",
+        ": must be at least 1"));
+  }
 
   absl::StatusOr<std::optional<uint64_t>> n = Count(request, "n", limits.max_n);
   if (!n.ok()) return n.status();

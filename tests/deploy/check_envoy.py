@@ -7,8 +7,10 @@ No Envoy binary is available in CI, so this checks what kvgate depends on:
 the file is well-formed YAML; the ext_proc filter comes before the router
 and points at the kvgate cluster (HTTP/2, as gRPC needs); request headers
 and the BUFFERED body are sent, the response body STREAMED; failure_mode_allow
-is set explicitly; and max_message_timeout leaves room for kvgated's
-override_message_timeout (ext_proc.max_hold, default 30 s, plus 1 s).
+is set explicitly; max_message_timeout leaves room for kvgated's
+override_message_timeout (ext_proc.max_hold, default 30 s, plus 1 s); and a
+header_mutation filter before ext_proc removes every client-sent x-kvgate-*
+request header kvgated reads or sets.
 Needs PyYAML (Debian's python3-yaml, in scripts/install-deps.sh).
 """
 import pathlib
@@ -18,6 +20,33 @@ import yaml
 
 # kvgated's default hold (queue.max_queue_wait) plus its 1 s margin.
 MIN_MAX_MESSAGE_TIMEOUT_S = 31.0
+
+# Request headers kvgated reads (ExtProcConfig's defaults) or sets
+# (plugin/ext_proc/ext_proc_responses.h): a client must not send them.
+KVGATE_REQUEST_HEADERS = ("x-kvgate-tenant", "x-kvgate-priority",
+                          "x-kvgate-prompt-tokens", "x-kvgate-decision",
+                          "x-kvgate-reason", "x-kvgate-reserved-bytes")
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
+
+
+def check_header_removal(http_filters):
+    """Errors unless a header_mutation filter placed before ext_proc removes
+    every header in KVGATE_REQUEST_HEADERS."""
+    names = [f["name"] for f in http_filters]
+    ext_proc = names.index("envoy.filters.http.ext_proc")
+    removed = set()
+    for f in http_filters[:ext_proc]:
+        if f["name"] != HEADER_MUTATION:
+            continue
+        mutations = f.get("typed_config", {}).get("mutations", {})
+        for m in mutations.get("request_mutations", []):
+            if isinstance(m.get("remove"), str):
+                removed.add(m["remove"].lower())
+    missing = [h for h in KVGATE_REQUEST_HEADERS if h not in removed]
+    if missing:
+        return [f"client-sent {', '.join(missing)} must be removed by an "
+                f"{HEADER_MUTATION} filter before ext_proc"]
+    return []
 
 
 def seconds(text):
@@ -35,6 +64,7 @@ def check(config):
         errors.append("the router must be the last HTTP filter")
     if "envoy.filters.http.ext_proc" not in filters:
         return errors + ["no envoy.filters.http.ext_proc filter"]
+    errors += check_header_removal(hcm["http_filters"])
     ext = next(f for f in hcm["http_filters"]
                if f["name"] == "envoy.filters.http.ext_proc")["typed_config"]
     mode = ext["processing_mode"]

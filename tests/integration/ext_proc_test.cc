@@ -53,6 +53,7 @@ class ExtProcTest : public KvgatedTest {
             shape().CapacityFor(2),
             absl::StrCat("lease_ttl { seconds: 60 }\n", queue,
                          "ext_proc { default_max_tokens: ", kMaxNewTokens,
+                         " trust_token_count_header: true",
                          " max_body_bytes: 4096 ", ext_proc_extra, " }\n")),
         UniqueUnixAddress("extproc_main"),
         {"--ext_proc_address=" + ext_proc_address}));
@@ -302,16 +303,26 @@ TEST_F(ExtProcTest, BodyOverTheLimitIs413) {
 
 TEST_F(ExtProcTest, PromptSizeFromTextAndDefaultMaxTokens) {
   // 400 bytes of prompt at 4 bytes per token = 100 tokens; no max_tokens:
-  // the configured default of 28. Same shape as the token-header requests.
+  // the configured default of 28, written into the forwarded body. Same
+  // shape as the token-header requests.
   StartWithExtProc("bytes_per_token: 4.0");
   EnvoyStream stream(ext_proc_.get());
   stream.Send(RequestHeaders("POST", "/v1/completions"));
   ASSERT_TRUE(stream.Next().has_value());
-  stream.Send(RequestBody(
-      nlohmann::json{{"model", kModel}, {"prompt", std::string(400, 'a')}}
-          .dump(),
-      true));
-  ExpectAdmitted(stream);
+  const nlohmann::json body{{"model", kModel},
+                            {"prompt", std::string(400, 'a')}};
+  stream.Send(RequestBody(body.dump(), true));
+  std::optional<ProcessingResponse> r = stream.Next();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(r->has_request_body()) << r->DebugString();
+  const auto& common = r->request_body().response();
+  EXPECT_EQ(Header(common.header_mutation(), "x-kvgate-reserved-bytes"),
+            absl::StrCat(shape().total));
+  nlohmann::json forwarded = body;
+  forwarded["max_tokens"] = kMaxNewTokens;
+  EXPECT_EQ(nlohmann::json::parse(common.body_mutation().body()), forwarded);
+  EXPECT_EQ(Header(common.header_mutation(), "content-length"),
+            absl::StrCat(common.body_mutation().body().size()));
   stream.Close();
   EXPECT_TRUE(stream.Status().ok());
   EXPECT_EQ(AwaitReserved(0), 0u);

@@ -11,13 +11,21 @@ KVGATE_MODEL                (unset)                 model name sent to kvgated i
 KVGATE_FAIL_OPEN            false                   kvgated unreachable: true forwards, false answers 503
 KVGATE_TIMEOUT_S            30                      longest an Admit may take, queueing included
 KVGATE_MAX_QUEUE_WAIT_S     timeout - margin        longest a request waits in kvgated's queue
-KVGATE_DEFAULT_MAX_TOKENS   1024                    max_new_tokens when the body sets none
+KVGATE_MAX_MODEL_LEN        0 (unknown)             the engine's max_model_len (vLLM's --max-model-len)
+KVGATE_DEFAULT_MAX_TOKENS   0 (unset)               max_tokens for a body that sets none, written into it
 KVGATE_BYTES_PER_TOKEN      4                       UTF-8 bytes per prompt token when estimating
-KVGATE_TOKEN_COUNT_HEADER   x-kvgate-prompt-tokens  header with the exact prompt token count
+KVGATE_TRUST_TOKEN_COUNT_HEADER  false              read the prompt token count from the header below
+KVGATE_TOKEN_COUNT_HEADER   x-kvgate-prompt-tokens  header with the request's prompt token count
 KVGATE_TENANT_HEADER        x-kvgate-tenant         header naming the tenant for fairness
 KVGATE_PRIORITY_HEADER      x-kvgate-priority       header: critical, standard or sheddable
 KVGATE_RENEW_INTERVAL_S     60                      renew the lease this often while a response runs
 ==========================  ======================  ==========================================
+
+Requests are sized by kvgate.openai_request's rules (the Envoy ext_proc
+gate's too): without a max, chat gets max_model_len - prompt and legacy
+completions 16, unless KVGATE_DEFAULT_MAX_TOKENS is set; a chat request
+without a max needs one of KVGATE_MAX_MODEL_LEN or KVGATE_DEFAULT_MAX_TOKENS
+(else it is answered 500).
 """
 
 import dataclasses
@@ -40,12 +48,20 @@ class Settings:
     # None: timeout_s less a margin, so that kvgated answers QUEUE_TIMEOUT
     # (with retry_after) before the gRPC deadline cuts the call.
     max_queue_wait_s: Optional[float] = None
-    default_max_tokens: int = 1024
+    # The engine's context limit (vLLM's --max-model-len); 0: unknown.
+    max_model_len: int = 0
+    # When > 0: max new tokens of a request that sets none, written into the
+    # body forwarded to the engine. 0: the engine's own rule.
+    default_max_tokens: int = 0
     # About 4 bytes of English text per token for BPE tokenizers of the GPT
     # and Llama families (OpenAI's "What are tokens" help article: "1 token
     # ~= 4 chars in English"). Non-Latin scripts run lower; send the token
     # count header when the estimate matters.
     bytes_per_token: float = 4.0
+    # Read the prompt token count from token_count_header. Off by default:
+    # any client can send the header; turn it on only behind a gateway that
+    # tokenizes and strips client-sent values.
+    trust_token_count_header: bool = False
     token_count_header: str = "x-kvgate-prompt-tokens"
     tenant_header: str = "x-kvgate-tenant"
     priority_header: str = "x-kvgate-priority"
@@ -57,9 +73,12 @@ class Settings:
         if self.max_queue_wait_s is not None and self.max_queue_wait_s < 0:
             raise ValueError(
                 f"KVGATE_MAX_QUEUE_WAIT_S must be >= 0, got {self.max_queue_wait_s}")
-        if self.default_max_tokens < 1:
+        if self.default_max_tokens < 0:
             raise ValueError(
-                f"KVGATE_DEFAULT_MAX_TOKENS must be >= 1, got {self.default_max_tokens}")
+                f"KVGATE_DEFAULT_MAX_TOKENS must be >= 0, got {self.default_max_tokens}")
+        if self.max_model_len < 0:
+            raise ValueError(
+                f"KVGATE_MAX_MODEL_LEN must be >= 0, got {self.max_model_len}")
         if self.bytes_per_token <= 0:
             raise ValueError(
                 f"KVGATE_BYTES_PER_TOKEN must be > 0, got {self.bytes_per_token}")
@@ -85,8 +104,12 @@ class Settings:
             fail_open=_bool(env, "KVGATE_FAIL_OPEN", d.fail_open),
             timeout_s=_number(env, "KVGATE_TIMEOUT_S", float, d.timeout_s),
             max_queue_wait_s=_number(env, "KVGATE_MAX_QUEUE_WAIT_S", float, None),
+            max_model_len=_number(env, "KVGATE_MAX_MODEL_LEN", int,
+                                  d.max_model_len),
             default_max_tokens=_number(env, "KVGATE_DEFAULT_MAX_TOKENS", int,
                                        d.default_max_tokens),
+            trust_token_count_header=_bool(env, "KVGATE_TRUST_TOKEN_COUNT_HEADER",
+                                           d.trust_token_count_header),
             bytes_per_token=_number(env, "KVGATE_BYTES_PER_TOKEN", float,
                                     d.bytes_per_token),
             token_count_header=_header(env, "KVGATE_TOKEN_COUNT_HEADER",

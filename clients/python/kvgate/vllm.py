@@ -20,7 +20,11 @@ app:
   request that can never fit; the body is an OpenAI-style error object.
 - kvgated unreachable: forwarded without a lease (KVGATE_FAIL_OPEN=true) or
   answered 503 (the default).
-- Bad JSON or fields: 400; a model kvgated does not serve: 404.
+- Bad JSON or fields, or prompt + max tokens over KVGATE_MAX_MODEL_LEN: 400;
+  a model kvgated does not serve: 404.
+- A request without a max is sized by the engine's rule (kvgate.openai_request);
+  with KVGATE_DEFAULT_MAX_TOKENS set, that max_tokens is written into the body
+  the app receives, so the engine never runs past the lease.
 
 Other paths, methods and scope types pass through untouched. Settings are in
 kvgate.settings. The middleware is pure ASGI (not BaseHTTPMiddleware), so
@@ -93,13 +97,20 @@ class KvgateMiddleware:
         body = await _read_body(receive)
         if body is None:
             return  # the client left before sending its request
-        request = _Replay(body, receive)
         try:
             shape, tenant, priority = self._shape(scope, body)
         except openai_request.BadRequest as e:
             await send_error(send, 400, str(e), "invalid_request_error",
                              "invalid_request", param=e.param)
             return
+        except openai_request.SizingError as e:
+            _log.error("kvgate: %s", e)
+            await send_error(send, 500, f"kvgate: {e}", "api_error", "internal")
+            return
+        if shape.written_max_tokens is not None:
+            body = openai_request.with_max_tokens(body, shape.written_max_tokens)
+            scope = _with_content_length(scope, len(body))
+        request = _Replay(body, receive)
 
         answer = await self._admit(shape, tenant, priority, request)
         if isinstance(answer, _Aborted):
@@ -118,14 +129,13 @@ class KvgateMiddleware:
         s = self.settings
         counted = headers.get(s.token_count_header)
         prompt_tokens = None
-        if counted is not None:
-            if not counted.isdigit() or int(counted) < 1:
-                raise openai_request.BadRequest(
-                    f"header {s.token_count_header} must be a positive integer")
-            prompt_tokens = int(counted)
+        if s.trust_token_count_header and counted:
+            prompt_tokens = openai_request.parse_token_count(
+                counted, s.token_count_header)
         shape = openai_request.parse(
-            scope["path"], body, default_max_tokens=s.default_max_tokens,
-            bytes_per_token=s.bytes_per_token, prompt_tokens=prompt_tokens)
+            scope["path"], body, bytes_per_token=s.bytes_per_token,
+            max_model_len=s.max_model_len,
+            default_max_tokens=s.default_max_tokens, prompt_tokens=prompt_tokens)
         priority = headers.get(s.priority_header, "").strip().lower()
         if priority not in PRIORITIES:
             raise openai_request.BadRequest(
@@ -305,6 +315,14 @@ async def _read_body(receive) -> Optional[bytes]:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _with_content_length(scope, length):
+    """`scope` for a rewritten body: content-length set to `length`."""
+    headers = [(k, v) for k, v in scope.get("headers", [])
+               if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(length).encode()))
+    return {**scope, "headers": headers}
 
 
 def _headers(scope):

@@ -191,7 +191,9 @@ def kvgated(workdir):
 @pytest.fixture(scope="session")
 def servers(workdir, kvgated):
     """Stand-in servers by name, started together: "gated" (fail closed),
-    "short_wait" (0.3 s queue wait), "model_override" (KVGATE_MODEL), and "fail_open"/"fail_closed" pointing
+    "short_wait" (0.3 s queue wait), "model_override" (KVGATE_MODEL), "sizing"
+    (KVGATE_MAX_MODEL_LEN, KVGATE_DEFAULT_MAX_TOKENS, a trusted token-count
+    header), and "fail_open"/"fail_closed" pointing
     at a socket where no kvgated listens."""
     absent = f"unix:{workdir}/absent.sock"
     configs = {
@@ -202,6 +204,12 @@ def servers(workdir, kvgated):
                        "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
         "model_override": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_MODEL": MODEL,
                            "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
+        # Sizes requests itself: gpt2's context, a default written into
+        # bodies without a max, and the token-count header trusted.
+        "sizing": {"KVGATE_ADDRESS": kvgated.address, "KVGATE_MAX_MODEL_LEN": "1024",
+                   "KVGATE_DEFAULT_MAX_TOKENS": "64",
+                   "KVGATE_TRUST_TOKEN_COUNT_HEADER": "true",
+                   "KVGATE_RENEW_INTERVAL_S": str(RENEW_INTERVAL_S)},
         "fail_open": {"KVGATE_ADDRESS": absent, "KVGATE_FAIL_OPEN": "true",
                       "KVGATE_TIMEOUT_S": "2"},
         "fail_closed": {"KVGATE_ADDRESS": absent, "KVGATE_FAIL_OPEN": "false",

@@ -5,7 +5,8 @@ this app does the same, so KvgateMiddleware reads its settings from the
 environment. Test knobs travel in the request body, which the middleware
 ignores: "hold_s" (seconds before answering), "chunks" and "chunk_delay_s"
 (for streams), "fail_after" (raise after that many stream chunks).
-GET /stats reports the requests that reached the app and the most that ran
+Completions answer with what arrived ("received": max_tokens and whether
+content-length matches the body). GET /stats reports the requests that reached the app and the most that ran
 at once; POST /stats/reset clears them.
 """
 
@@ -51,11 +52,17 @@ async def reset():
 
 @app.post("/v1/completions")
 async def completions(request: Request):
-    body = await request.json()
+    raw = await request.body()
+    body = json.loads(raw)
     with _Running():
         await asyncio.sleep(float(body.get("hold_s", 0)))
+    # What arrived, for tests of the middleware's body rewrite.
+    received = {"max_tokens": body.get("max_tokens"),
+                "content_length_matches": (
+                    request.headers.get("content-length") == str(len(raw)))}
     return JSONResponse({"object": "text_completion", "model": body["model"],
-                         "choices": [{"index": 0, "text": "ok"}]})
+                         "choices": [{"index": 0, "text": "ok"}],
+                         "received": received})
 
 
 @app.post("/v1/chat/completions")

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import chat, completion
+from conftest import chat, completion, wait_until
 
 QUEUED = "x-kvgate-queued-ms"
 
@@ -230,12 +230,47 @@ def test_prompt_beyond_context_is_400(gated):
     assert "context length" in error_of(r)["message"]
 
 
-def test_token_count_header_replaces_the_estimate(gated):
+def test_token_count_header_is_ignored_unless_trusted(gated):
     r = httpx.Client(transport=httpx.HTTPTransport(uds=gated.uds)).post(
         "http://stand-in/v1/completions", json=completion(),
         headers={"x-kvgate-prompt-tokens": "900"})
-    assert r.status_code == 400  # 900 + 400 exceeds gpt2's 1024
+    # Counted from the body (100 tokens), not the claimed 900.
+    assert r.status_code == 200, r.text
+
+
+def test_trusted_token_count_header_replaces_the_estimate(servers, kvgated):
+    server = servers["sizing"]
+    server.reset_stats()
+    r = httpx.Client(transport=httpx.HTTPTransport(uds=server.uds)).post(
+        "http://stand-in/v1/completions", json=completion(),
+        headers={"x-kvgate-prompt-tokens": "900"})
+    # 900 + 400 exceeds KVGATE_MAX_MODEL_LEN 1024: the middleware answers.
+    assert r.status_code == 400
     assert "1300" in error_of(r)["message"]
+    assert server.stats()["requests"] == 0
+    assert kvgated.idle()
+
+
+def test_default_max_tokens_is_written_into_the_forwarded_body(servers, kvgated):
+    server = servers["sizing"]
+    body = completion()
+    del body["max_tokens"]
+    r = server.post("/v1/completions", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["received"] == {"max_tokens": 64, "content_length_matches": True}
+    # A request with its own max goes on unchanged.
+    r = server.post("/v1/completions", completion())
+    assert r.json()["received"]["max_tokens"] == 400
+    wait_until(kvgated.idle, "kvgated to be idle")
+
+
+def test_chat_without_a_max_and_no_context_length_is_500(gated):
+    body = chat()
+    del body["max_tokens"]
+    r = gated.post("/v1/chat/completions", body)
+    assert r.status_code == 500
+    assert "KVGATE_MAX_MODEL_LEN" in error_of(r)["message"]
+    assert gated.stats()["requests"] == 0
 
 
 def test_batch_that_never_fits_is_400_without_retry_after(gated):

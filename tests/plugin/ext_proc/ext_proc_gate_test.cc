@@ -64,6 +64,13 @@ class ExtProcGateTest : public ::testing::Test {
     return ExtProcGate(&registry_, std::move(options));
   }
 
+  // Options that trust the token-count header (off by default).
+  static ExtProcOptions Trusting() {
+    ExtProcOptions options;
+    options.trust_token_count_header = true;
+    return options;
+  }
+
   // A POST to `path`, with no other header.
   static ExtProcHeaders Post(const std::string& path = "/v1/completions") {
     ExtProcHeaders headers;
@@ -262,7 +269,7 @@ TEST_F(ExtProcGateTest, PriorityIsCaseInsensitive) {
 }
 
 TEST_F(ExtProcGateTest, ErrorsNameTheConfiguredHeader) {
-  ExtProcOptions options;
+  ExtProcOptions options = Trusting();
   options.priority_header = "x-prio";
   options.token_count_header = "x-tokens";
   const ExtProcGate gate = Gate(options);
@@ -275,7 +282,7 @@ TEST_F(ExtProcGateTest, ErrorsNameTheConfiguredHeader) {
 }
 
 TEST_F(ExtProcGateTest, TokenCountMustBeAUint32) {
-  const ExtProcGate gate = Gate();
+  const ExtProcGate gate = Gate(Trusting());
   ExtProcHeaders h = Post();
   h.token_count = "4294967295";
   EXPECT_EQ(Gated(gate, h).token_count, uint64_t{4294967295});
@@ -304,7 +311,7 @@ TEST_F(ExtProcGateTest, ContentLengthOverTheLimitIs413) {
 }
 
 TEST_F(ExtProcGateTest, ChecksInOrder) {
-  const ExtProcGate gate = Gate();
+  const ExtProcGate gate = Gate(Trusting());
   ExtProcHeaders h = Post();
   h.tenant = std::string(200, 't');
   h.priority = "urgent";
@@ -384,9 +391,9 @@ TEST_F(ExtProcGateTest, TooManySequencesIs400) {
   EXPECT_EQ(e.message, "n x prompts: 6 sequences exceed the limit of 4");
 }
 
-TEST_F(ExtProcGateTest, BatchTheEstimatorRefusesIs400) {
+TEST_F(ExtProcGateTest, OverTheModelsContextIs400) {
   // gpt2's context is 1024 tokens.
-  const ExtProcGate gate = Gate();
+  const ExtProcGate gate = Gate(Trusting());
   ExtProcHeaders h = Post();
   h.token_count = "1000";
   const HttpError e =
@@ -394,13 +401,16 @@ TEST_F(ExtProcGateTest, BatchTheEstimatorRefusesIs400) {
                 R"({"model":"gpt2","prompt":"x","max_tokens":100})");
   EXPECT_EQ(e.status, 400);
   EXPECT_EQ(e.code, "INVALID_REQUEST");
-  EXPECT_FALSE(e.message.empty());
+  EXPECT_EQ(e.message,
+            "This model's maximum context length is 1024 tokens. However, you "
+            "requested 1100 tokens (1000 in the prompt, 100 in the "
+            "completion). Please reduce the prompt or max_tokens.");
 }
 
 // --- OnRequestBody: the ticket and its sizing -----------------------------
 
 TEST_F(ExtProcGateTest, TicketCarriesIdTenantPriorityCostAndDeadline) {
-  ExtProcOptions options;
+  ExtProcOptions options = Trusting();
   options.max_hold = absl::Seconds(7);
   const ExtProcGate gate = Gate(options);
   ExtProcHeaders h = Post("/v1/chat/completions");
@@ -427,19 +437,26 @@ TEST_F(ExtProcGateTest, TicketCarriesIdTenantPriorityCostAndDeadline) {
   EXPECT_GT(admit.ticket.cost.kv_bytes, 0u);
 }
 
-TEST_F(ExtProcGateTest, MaxNewTokensFromTheBodyElseTheDefault) {
-  ExtProcOptions options;
+TEST_F(ExtProcGateTest, MaxNewTokensFromTheBodyElseTheConfiguredDefault) {
+  ExtProcOptions options = Trusting();
   options.default_max_tokens = 64;
   const ExtProcGate gate = Gate(options);
   ExtProcHeaders h = Post();
   h.token_count = "10";
   const GatedRequest r = Gated(gate, h);
-  EXPECT_THAT(Admit(gate, r, R"({"model":"gpt2","prompt":"x"})").sequences,
-              ElementsAre(SequenceShape{10, 64}));
+  const ExtProcAdmit defaulted =
+      Admit(gate, r, R"({"model":"gpt2","prompt":"x"})");
+  EXPECT_THAT(defaulted.sequences, ElementsAre(SequenceShape{10, 64}));
+  // The default is written into the forwarded body.
+  EXPECT_EQ(defaulted.body, R"({"model":"gpt2","prompt":"x","max_tokens":64})");
   EXPECT_THAT(
       Admit(gate, r, R"({"model":"gpt2","prompt":"x","max_tokens":null})")
           .sequences,
       ElementsAre(SequenceShape{10, 64}));
+  // A request with its own max goes upstream unchanged.
+  EXPECT_EQ(
+      Admit(gate, r, R"({"model":"gpt2","prompt":"x","max_tokens":5})").body,
+      std::nullopt);
   EXPECT_THAT(Admit(gate, r, R"({"model":"gpt2","prompt":"x","max_tokens":5})")
                   .sequences,
               ElementsAre(SequenceShape{10, 5}));
@@ -456,13 +473,37 @@ TEST_F(ExtProcGateTest, MaxNewTokensFromTheBodyElseTheDefault) {
               ElementsAre(SequenceShape{10, 9}));
 }
 
-TEST_F(ExtProcGateTest, DefaultMaxTokensIs256) {
-  const ExtProcGate gate = Gate();
+TEST_F(ExtProcGateTest, WithoutADefaultMaxTokensTheEnginesRuleApplies) {
+  // gpt2's context is 1024 tokens: chat gets the rest of it (vLLM), legacy
+  // completions 16 (the OpenAI default); the body is forwarded unchanged.
+  const ExtProcGate gate = Gate(Trusting());
   ExtProcHeaders h = Post();
   h.token_count = "10";
-  EXPECT_THAT(
-      Admit(gate, Gated(gate, h), R"({"model":"gpt2","prompt":"x"})").sequences,
-      ElementsAre(SequenceShape{10, 256}));
+  const ExtProcAdmit completion =
+      Admit(gate, Gated(gate, h), R"({"model":"gpt2","prompt":"x"})");
+  EXPECT_THAT(completion.sequences, ElementsAre(SequenceShape{10, 16}));
+  EXPECT_EQ(completion.body, std::nullopt);
+  h.path = "/v1/chat/completions";
+  const ExtProcAdmit chat =
+      Admit(gate, Gated(gate, h),
+            R"({"model":"gpt2","messages":[{"role":"user","content":"x"}]})");
+  EXPECT_THAT(chat.sequences, ElementsAre(SequenceShape{10, 1014}));
+  EXPECT_EQ(chat.body, std::nullopt);
+}
+
+TEST_F(ExtProcGateTest, UntrustedTokenCountHeaderIsIgnored) {
+  // Default: kvgated counts the prompt itself, whatever the client claims.
+  const ExtProcGate gate = Gate();
+  ExtProcHeaders h = Post();
+  h.token_count = "1";
+  const GatedRequest r = Gated(gate, h);
+  EXPECT_FALSE(r.token_count.has_value());
+  EXPECT_THAT(Admit(gate, r, R"({"model":"gpt2","prompt":"0123456789abcdef",
+                         "max_tokens":1})")
+                  .sequences,
+              ElementsAre(SequenceShape{4, 1}));
+  h.token_count = "not a number";  // not read, so not an error
+  Gated(gate, h);
 }
 
 TEST_F(ExtProcGateTest, PromptTokensFromTextBytes) {
@@ -479,12 +520,13 @@ TEST_F(ExtProcGateTest, PromptTokensFromTextBytes) {
   EXPECT_THAT(Admit(gate, r, R"({"model":"gpt2","prompt":"","max_tokens":1})")
                   .sequences,
               ElementsAre(SequenceShape{1, 1}));
-  // Chat: the roles' and contents' bytes together ("user" + 12 = 16 -> 4).
+  // Chat: the roles' and contents' bytes together ("user" + 12 = 16 -> 4),
+  // plus 5 template tokens per message.
   EXPECT_THAT(Admit(gate, Gated(gate, Post("/v1/chat/completions")),
                     R"({"model":"gpt2","max_tokens":1,
                         "messages":[{"role":"user","content":"0123456789ab"}]})")
                   .sequences,
-              ElementsAre(SequenceShape{4, 1}));
+              ElementsAre(SequenceShape{9, 1}));
 }
 
 TEST_F(ExtProcGateTest, PromptTokensFromTokenIds) {
@@ -497,9 +539,9 @@ TEST_F(ExtProcGateTest, PromptTokensFromTokenIds) {
 }
 
 TEST_F(ExtProcGateTest, TrustedTokenCountHeaderOverridesTheBody) {
-  // The header is trusted as sent: it wins over token ids and text, and is
-  // shared evenly (rounded up) across a batch of prompts.
-  const ExtProcGate gate = Gate();
+  // Once trusted, the header is taken as sent: it wins over token ids and
+  // text, and is shared evenly (rounded up) across a batch of prompts.
+  const ExtProcGate gate = Gate(Trusting());
   ExtProcHeaders h = Post();
   h.token_count = "10";
   const GatedRequest r = Gated(gate, h);

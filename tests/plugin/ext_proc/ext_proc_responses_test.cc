@@ -68,6 +68,16 @@ TEST(ImmediateErrorTest, CarriesHeadersInRawValueAndJsonBody) {
   EXPECT_EQ(body["error"]["type"], "service_unavailable");
 }
 
+TEST(ReplaceRequestBodyTest, BodyAndItsContentLengthInOneAnswer) {
+  envoy::service::ext_proc::v3::CommonResponse response;
+  ReplaceRequestBody(R"({"model":"m","max_tokens":64})", response);
+  EXPECT_EQ(response.body_mutation().body(),
+            R"({"model":"m","max_tokens":64})");
+  EXPECT_EQ(Header(response.header_mutation(), "content-length"), "29");
+  EXPECT_EQ(response.status(),
+            envoy::service::ext_proc::v3::CommonResponse::CONTINUE);
+}
+
 TEST(ExtendTimeoutTest, OnlyTheOverride) {
   const auto r = ExtendTimeout(absl::Milliseconds(31500));
   EXPECT_EQ(r.response_case(),

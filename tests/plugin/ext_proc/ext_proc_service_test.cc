@@ -70,6 +70,10 @@ class ExtProcServiceTest : public ::testing::Test {
     ExtProcOptions options;
     options.max_hold = kMaxHold;
     options.max_body_bytes = kMaxBodyBytes;
+    // Requests are sized by the token-count header, as a tokenizing gateway
+    // in front would send it; a body without a max gets kMaxNewTokens.
+    options.trust_token_count_header = true;
+    options.default_max_tokens = kMaxNewTokens;
     service_ = std::make_unique<ExtProcService>(&registry_, &clock_, options);
     service_->SetReady(true);
     grpc::ServerBuilder builder;
@@ -234,6 +238,53 @@ TEST_F(ExtProcServiceTest, StreamedChunksAreHeldThenAllContinue) {
   ExpectAdmitted(*stream);
   FinishResponse(*stream);
   EXPECT_EQ(controller().Snapshot().active_leases, 0u);
+}
+
+TEST_F(ExtProcServiceTest, DefaultMaxTokensIsWrittenIntoTheForwardedBody) {
+  auto stream = NewStream();
+  const std::string body =
+      R"({"model":"gpt2","messages":[{"role":"user","content":"hi"}]})";
+  SendRequest(*stream, body);
+  std::optional<ProcessingResponse> r = stream->Next();
+  ASSERT_TRUE(r.has_value());
+  ASSERT_TRUE(r->has_request_body()) << r->DebugString();
+  const auto& common = r->request_body().response();
+  const std::string expected =
+      R"({"model":"gpt2","messages":[{"role":"user","content":"hi"}],)"
+      R"("max_tokens":28})";
+  EXPECT_EQ(common.body_mutation().body(), expected);
+  // Envoy answers 500 when content-length disagrees with a mutated body.
+  EXPECT_EQ(Header(common.header_mutation(), "content-length"),
+            absl::StrCat(expected.size()));
+  // Sized like ChatBody(): kPromptTokens + kMaxNewTokens.
+  EXPECT_EQ(Header(common.header_mutation(), kReservedBytesHeader),
+            absl::StrCat(one_request_bytes_));
+  FinishResponse(*stream);
+}
+
+TEST_F(ExtProcServiceTest, StreamedChunksOfARewrittenBodyAreReplacedWhole) {
+  auto stream = NewStream();
+  stream->Send(RequestHeaders("POST", "/v1/chat/completions", kChatHeaders));
+  ASSERT_TRUE(stream->Next().has_value());
+  const std::string body =
+      R"({"model":"gpt2","messages":[{"role":"user","content":"hi"}]})";
+  const size_t half = body.size() / 2;
+  stream->Send(RequestBody(body.substr(0, half), /*end_of_stream=*/false));
+  ExpectHeld(*stream);
+  stream->Send(RequestBody(body.substr(half), /*end_of_stream=*/true));
+  std::optional<ProcessingResponse> first = stream->Next();
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(first->has_request_body()) << first->DebugString();
+  EXPECT_TRUE(first->request_body().response().body_mutation().clear_body());
+  std::optional<ProcessingResponse> last = stream->Next();
+  ASSERT_TRUE(last.has_value());
+  ASSERT_TRUE(last->has_request_body()) << last->DebugString();
+  const auto& common = last->request_body().response();
+  EXPECT_EQ(common.body_mutation().body(),
+            R"({"model":"gpt2","messages":[{"role":"user","content":"hi"}],)"
+            R"("max_tokens":28})");
+  EXPECT_EQ(Header(common.header_mutation(), kDecisionHeader), "ADMITTED");
+  FinishResponse(*stream);
 }
 
 TEST_F(ExtProcServiceTest, RequestThatDoesNotFitIsAnswered429AtOnce) {

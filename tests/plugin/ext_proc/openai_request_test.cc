@@ -36,6 +36,32 @@ TEST(ParseOpenAiRequestTest, ChatCountsRolesAndTextParts) {
   ASSERT_EQ(r->prompts.size(), 1u);
   // "system" + "abcd" + "user" + "xy" + "assistant"
   EXPECT_EQ(r->prompts[0].text_bytes, 6u + 4u + 2u + 9u + 4u);
+  EXPECT_EQ(r->prompts[0].template_tokens, 3 * kChatTokensPerMessage);
+}
+
+TEST(ParseOpenAiRequestTest, ToolsAndToolCallsCountTheirKeysAndStrings) {
+  // Chat templates render both into the prompt; numbers and JSON
+  // punctuation are not counted.
+  absl::StatusOr<OpenAiRequest> r = ParseOpenAiRequest(
+      kChat, R"({"model":"m","tools":[{"type":"function","n":3}],
+      "messages":[{"role":"assistant","content":null,
+      "tool_calls":[{"id":"c1","function":{"arguments":"{}"}}]}]})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  // tools: "type" "function" "n"; tool_calls: "id" "c1" "function"
+  // "arguments" "{}"; role "assistant".
+  EXPECT_EQ(r->prompts[0].text_bytes,
+            (4u + 8u + 1u) + (2u + 2u + 8u + 9u + 2u) + 9u);
+}
+
+TEST(ParseOpenAiRequestTest, MaxTokensOfZeroIsRefused) {
+  for (const char* body :
+       {R"({"model":"m","prompt":"x","max_tokens":0})",
+        R"({"model":"m","prompt":"x","max_completion_tokens":0})"}) {
+    absl::StatusOr<OpenAiRequest> r = ParseOpenAiRequest(kCompletions, body);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
+    EXPECT_THAT(std::string(r.status().message()),
+                ::testing::HasSubstr("must be at least 1"));
+  }
 }
 
 TEST(ParseOpenAiRequestTest, CompletionPromptForms) {
