@@ -9,6 +9,7 @@
 
 #include "absl/strings/string_view.h"
 #include "plugin/ext_proc/openai_request.h"
+#include "plugin/ext_proc/openai_sizing.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
@@ -27,6 +28,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   if (endpoint == kvgate::OpenAiEndpoint::kChatCompletions &&
       request->prompts.size() != 1) {
+    std::abort();
+  }
+  // Sized the engine's way with an operator default: every sequence within
+  // max_model_len, and the rewritten body parses to the same request with
+  // that max_tokens.
+  kvgate::OpenAiSizingOptions options;
+  options.max_model_len = 4096;
+  options.default_max_tokens = (data[0] & 2) != 0 ? 64 : 0;
+  absl::StatusOr<kvgate::OpenAiSizing> sizing =
+      kvgate::SizeOpenAiRequest(endpoint, *request, options, std::nullopt);
+  if (!sizing.ok()) return 0;
+  for (const kvgate::OpenAiSequence& s : sizing->sequences) {
+    if (s.max_new_tokens == 0 ||
+        s.prompt_tokens + s.max_new_tokens > options.max_model_len) {
+      std::abort();
+    }
+  }
+  if (!sizing->written_max_tokens.has_value()) return 0;
+  absl::StatusOr<std::string> rewritten =
+      kvgate::BodyWithMaxTokens(body, *sizing->written_max_tokens);
+  if (!rewritten.ok()) return 0;
+  absl::StatusOr<kvgate::OpenAiRequest> again =
+      kvgate::ParseOpenAiRequest(endpoint, *rewritten, limits);
+  if (!again.ok() || again->max_tokens != sizing->written_max_tokens ||
+      again->model != request->model ||
+      again->prompts.size() != request->prompts.size()) {
     std::abort();
   }
   return 0;
