@@ -6,14 +6,19 @@
 #
 # Usage: bench/check.sh [build_dir]        (default: build/release)
 #   needs build_dir/plugin/server/kvgated, build_dir/bench/kvgate-loadgen,
-#   build_dir/bench/controller_bench and build_dir/bench/estimator_bench.
+#   build_dir/bench/controller_bench and build_dir/bench/estimator_bench;
+#   python3 serves the vLLM metrics page.
 # Environment: KVGATE_CHECK_DURATION (default 10s) is the length of each
 #   side-by-side comparison (both modes together, in alternating phases).
 #
 # Targets:
 #   1. Admit+Release through the real server reaches >= 90% of the throughput
 #      of two no-op RPCs (grpc.health.v1.Health/Check) at concurrency 8 and
-#      64, over a unix socket and over TCP; Admit's p99 <= 1.2x Check's p99.
+#      64, over a unix socket and over TCP, and at concurrency 64 over a unix
+#      socket against a vllm-kind pool (engine { kind: "vllm" }: the budget
+#      read every 200 ms from a vLLM metrics page that a local python3 HTTP
+#      server serves, a big pool at 0 usage, so nothing queues); Admit's p99
+#      <= 1.2x Check's p99; no errors, every Admit admitted.
 #      The throughput ratio checked is pooled over all phases of both modes
 #      (20 rounds, ABBA order); the ratio of each round's two adjacent phases
 #      is printed beside it (median, min, max) to show how much this VM's
@@ -39,6 +44,7 @@ for b in "$kvgated" "$loadgen" "$build/bench/controller_bench" \
   fi
 done
 command -v jq >/dev/null || { echo "check: jq is required" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "check: python3 is required" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/kvgate-check.XXXXXX)
 server_pid=""
@@ -49,7 +55,15 @@ stop_server() {
     server_pid=""
   fi
 }
-trap 'stop_server; rm -rf "$work"' EXIT
+engine_pid=""
+stop_engine() {
+  if [[ -n $engine_pid ]]; then
+    kill "$engine_pid" 2>/dev/null || true
+    wait "$engine_pid" 2>/dev/null || true
+    engine_pid=""
+  fi
+}
+trap 'stop_server; stop_engine; rm -rf "$work"' EXIT
 
 failed=0
 # Pinning: kvgated on CPU 0 and the load generator on CPU 1 (taskset), so
@@ -138,6 +152,36 @@ check "estimate, 1-sequence batch (ns)" "$(median "$work/estimator.json" BM_Esti
 check "estimate, 64-sequence batch (ns)" "$(median "$work/estimator.json" BM_EstimateBatch/64)" "<" 1000
 
 # ------------------------------------------------ through the real server ---
+# compare NAME ADDRESS CONCURRENCY: Admit+Release against two Health/Check
+# calls on the running kvgated (server_pid), side by side; prints the figures
+# and checks target 1.
+compare() {
+  local name=$1 address=$2 c=$3
+  local out=$work/compare-$name-$c.json
+  $client_cpu "$loadgen" --address="$address" --compare --concurrency="$c" --channels=4 \
+    --duration="$duration" --rounds=20 --server_pid="$server_pid" >"$out"
+  echo "== $name, concurrency $c: $(jq -c '{
+    admit_release_per_s: .admit_release.operations_per_second,
+    noop_pairs_per_s: .noop.operations_per_second,
+    server_cpu_us: [.admit_release.server_cpu_us_per_operation,
+                    .noop.server_cpu_us_per_operation],
+    admit_us: .admit_release.latency_us.admit,
+    check_us: .noop.latency_us.check,
+    decisions: .admit_release.decisions,
+    errors: (.admit_release.errors + .noop.errors)}' "$out")"
+  echo "   server CPU per admit+release / per 2 checks: $(jq .ratios.server_cpu_per_operation "$out")"
+  echo "   throughput ratio per round (adjacent phases): median" \
+       "$(jq .ratios.throughput_median_of_rounds "$out"), min, max" \
+       "$(jq -c .ratios.throughput_rounds_min_max "$out")"
+  check "$name c=$c throughput admit+release / 2 checks" \
+    "$(jq .ratios.throughput "$out")" ">=" 0.90
+  check "$name c=$c p99 admit / p99 check" \
+    "$(jq .ratios.p99_admit_over_check "$out")" "<=" 1.2
+  check "$name c=$c errors and non-admitted" \
+    "$(jq '.admit_release.errors + .noop.errors +
+           .admit_release.operations - .admit_release.decisions.ADMITTED' "$out")" "==" 0
+}
+
 # gpt2 on a simulated 80 GB device: 64 leases of 256 tokens use under 1% of
 # the budget, so an admit-release never queues.
 for transport in unix tcp; do
@@ -154,32 +198,76 @@ EOF
   start_server "$work/throughput.textproto"
   [[ $transport == tcp ]] && address="127.0.0.1:$server_port"
   for c in 8 64; do
-    out=$work/compare-$transport-$c.json
-    $client_cpu "$loadgen" --address="$address" --compare --concurrency="$c" --channels=4 \
-      --duration="$duration" --rounds=20 --server_pid="$server_pid" >"$out"
-    echo "== $transport, concurrency $c: $(jq -c '{
-      admit_release_per_s: .admit_release.operations_per_second,
-      noop_pairs_per_s: .noop.operations_per_second,
-      server_cpu_us: [.admit_release.server_cpu_us_per_operation,
-                      .noop.server_cpu_us_per_operation],
-      admit_us: .admit_release.latency_us.admit,
-      check_us: .noop.latency_us.check,
-      decisions: .admit_release.decisions,
-      errors: (.admit_release.errors + .noop.errors)}' "$out")"
-    echo "   server CPU per admit+release / per 2 checks: $(jq .ratios.server_cpu_per_operation "$out")"
-    echo "   throughput ratio per round (adjacent phases): median" \
-         "$(jq .ratios.throughput_median_of_rounds "$out"), min, max" \
-         "$(jq -c .ratios.throughput_rounds_min_max "$out")"
-    check "$transport c=$c throughput admit+release / 2 checks" \
-      "$(jq .ratios.throughput "$out")" ">=" 0.90
-    check "$transport c=$c p99 admit / p99 check" \
-      "$(jq .ratios.p99_admit_over_check "$out")" "<=" 1.2
-    check "$transport c=$c errors and non-admitted" \
-      "$(jq '.admit_release.errors + .noop.errors +
-             .admit_release.operations - .admit_release.decisions.ADMITTED' "$out")" "==" 0
+    compare "$transport" "$address" "$c"
   done
   stop_server
 done
+
+# ------------------------------------------- a vllm-kind pool (engine) ---
+# The same comparison against a pool whose budget is a vLLM engine's KV pool:
+# kvgated scrapes a vLLM-shaped /metrics page every 200 ms (python3's
+# http.server on a kernel-chosen port, serving the file `metrics`; on the
+# client's CPU, so kvgated's core only pays for its own scrapes). 100,000
+# blocks of 16 tokens of gpt2 (about 59 GB) at 0 usage and no preemptions:
+# an admit-release never queues nor pauses.
+mkdir -p "$work/engine"
+cat >"$work/engine/metrics" <<'EOF'
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="gpt2"} 0.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="gpt2"} 0.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="gpt2"} 0.0
+# HELP vllm:num_preemptions_total Cumulative number of preemption from the engine.
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="gpt2"} 0.0
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",cache_dtype="auto",enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.9",kv_cache_size_tokens="None",num_gpu_blocks="100000",sliding_window="None"} 1.0
+EOF
+$client_cpu python3 -u -m http.server 0 --bind 127.0.0.1 --directory "$work/engine" \
+  >"$work/engine.log" 2>&1 &
+engine_pid=$!
+engine_port=""
+for _ in $(seq 100); do
+  engine_port=$(grep -o 'port [0-9]*' "$work/engine.log" | head -1 | tr -dc 0-9) || true
+  [[ -n $engine_port ]] && break
+  sleep 0.1
+done
+if [[ -z $engine_port ]]; then
+  echo "check: the metrics server did not start:" >&2
+  cat "$work/engine.log" >&2
+  exit 2
+fi
+cat >"$work/vllm.textproto" <<EOF
+grpc_address: "unix:$work/vllm.sock"
+models {
+  name: "gpt2" preset: "gpt2"
+  engine {
+    kind: "vllm"
+    metrics_url: "http://127.0.0.1:$engine_port/metrics"
+    poll_interval { nanos: 200000000 }
+  }
+}
+memory_source { static_source { gpu: "H100-80GB" } }
+EOF
+start_server "$work/vllm.textproto"
+for _ in $(seq 50); do
+  grep -q '"msg":"engine metrics read"' "$work/kvgated.log" && break
+  sleep 0.1
+done
+if ! grep -q '"msg":"engine metrics read"' "$work/kvgated.log"; then
+  echo "check: kvgated did not read the vLLM metrics page:" >&2
+  cat "$work/kvgated.log" >&2
+  exit 2
+fi
+echo "== vllm pool: $(grep -m1 '"msg":"engine metrics read"' "$work/kvgated.log")"
+compare vllm "unix:$work/vllm.sock" 64
+stop_server
+stop_engine
 
 # ------------------------------------------------- queued requests: hold ---
 # A 1 GB simulated device: gpt2's budget holds about 40 leases of 256

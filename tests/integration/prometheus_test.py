@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """kvgated under a real Prometheus: every dashboard and alert expression works.
 
-Starts kvgated (embedded default model, metrics on a loopback port chosen by
-the kernel), a Prometheus server scraping it every second and evaluating
-deploy/prometheus/kvgate-rules.yaml, drives `kvgate demo` (admissions, a
-queued request, rejections), then
+Starts a fake vLLM metrics endpoint (a thread serving a vLLM-shaped /metrics
+page), kvgated with two pools of the default preset (the default dynamic one,
+and one with engine { kind: "vllm" } reading that endpoint; metrics on a
+loopback port chosen by the kernel), a Prometheus server scraping it every
+second and evaluating deploy/prometheus/kvgate-rules.yaml, drives `kvgate
+demo` against the dynamic pool (admissions, a queued request, rejections) and
+one preemption on the fake engine, then
   * runs `promtool check metrics` on a live scrape (must print nothing),
-  * resolves the dashboard's variables through Prometheus's label API,
+  * checks kvgated read the engine's pool and counted the preemption,
+  * resolves the dashboard's variables through Prometheus's label API (a
+    multi-value variable selects every value, as Grafana writes (a|b)),
   * queries /api/v1/query with every dashboard expression (variables
     substituted) and every alert expression with its final comparison removed
     (and the other side of a vector comparison): each must be valid and
@@ -29,12 +34,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RATE_INTERVAL = "15s"  # stands for Grafana's $__rate_interval (4 scrapes+)
+
+DYNAMIC_MODEL = "llama-3-8b"     # kvgated's default pool; `kvgate demo` uses it
+ENGINE_MODEL = "llama-3-8b-vllm"
+ENGINE_BLOCKS, ENGINE_BLOCK_SIZE = 2048, 16
 
 
 class TestFailure(Exception):
@@ -103,6 +114,93 @@ class Processes:
             with open(path) as f:
                 tail = f.read()[-3000:]
             print(f"----- {name} log (tail) -----\n{tail}")
+
+
+def vllm_page(model, num_gpu_blocks, block_size, usage, preemptions):
+    """A vLLM /metrics page of the shape tests/testing/fake_engine.cc's
+    VllmPage writes (the series kvgated reads, with their HELP and TYPE)."""
+    labels = f'engine="0",model_name="{model}"'
+    return (
+        "# HELP vllm:num_requests_running Number of requests in model "
+        "execution batches.\n# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{{{labels}}} 1.0\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be "
+        "processed.\n# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+        "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent "
+        "usage.\n# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f"vllm:kv_cache_usage_perc{{{labels}}} {usage!r}\n"
+        "# HELP vllm:num_preemptions_total Cumulative number of preemption "
+        "from the engine.\n# TYPE vllm:num_preemptions_total counter\n"
+        f"vllm:num_preemptions_total{{{labels}}} {preemptions}.0\n"
+        "# HELP vllm:num_preemptions_created Cumulative number of preemption "
+        "from the engine.\n# TYPE vllm:num_preemptions_created gauge\n"
+        f"vllm:num_preemptions_created{{{labels}}} 1.7331e+09\n"
+        "# HELP vllm:cache_config_info Information of the LLMEngine "
+        "CacheConfig\n# TYPE vllm:cache_config_info gauge\n"
+        f'vllm:cache_config_info{{block_size="{block_size}",cache_dtype="auto",'
+        'calculate_kv_scales="False",cpu_offload_gb="0",'
+        'enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.9",'
+        'is_attention_free="False",kv_cache_size_tokens="None",'
+        f'num_cpu_blocks="None",num_gpu_blocks="{num_gpu_blocks}",'
+        'num_gpu_blocks_override="None",prefix_caching_hash_algo="builtin",'
+        'sliding_window="None",swap_space="4",'
+        'swap_space_bytes="4294967296"} 1.0\n')
+
+
+class FakeVllm:
+    """A vLLM metrics endpoint on a loopback port: a thread serving
+    vllm_page() at /metrics; preempt() raises its preemption counter."""
+
+    def __init__(self, model, num_gpu_blocks, block_size, usage=0.05):
+        self.lock = threading.Lock()
+        self.page_args = [model, num_gpu_blocks, block_size, usage, 0]
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/metrics":
+                    self.send_error(404)
+                    return
+                with fake.lock:
+                    body = vllm_page(*fake.page_args).encode()
+                self.send_response(200)
+                self.send_header("Content-Type",
+                                 "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # no line per scrape on stderr
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       daemon=True)
+        self.thread.start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    def preempt(self):
+        with self.lock:
+            self.page_args[4] += 1
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def kvgated_config(engine_url):
+    """kvgated's config: the default dynamic pool (what the embedded default
+    serves) and a vllm pool of the same preset reading engine_url."""
+    return (f'models {{ name: "{DYNAMIC_MODEL}" preset: "llama-3-8b" }}\n'
+            f'models {{\n  name: "{ENGINE_MODEL}" preset: "llama-3-8b"\n'
+            f'  engine {{\n    kind: "vllm"\n'
+            f'    metrics_url: {json.dumps(engine_url)}\n'
+            '    poll_interval { nanos: 100000000 }\n'
+            '    preemption_cooldown { seconds: 1 }\n  }\n}\n')
 
 
 class Prometheus:
@@ -183,28 +281,65 @@ def dashboard_queries(dashboard_path, prom):
                               f"{var['definition']}")
         selector = m.group(1)
         for name, value in values.items():
-            selector = selector.replace(f"${name}", regex_literal(value))
+            selector = selector.replace(f"${name}", value)
         found = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
         if not found:
             raise TestFailure(f"variable {var['name']}: {var['definition']} "
                               f"has no values")
-        values[var["name"]] = found[0]
+        if var.get("multi") and len(found) > 1:
+            values[var["name"]] = "(" + "|".join(
+                regex_literal(v) for v in found) + ")"
+        else:
+            values[var["name"]] = regex_literal(found[0])
     exprs = []
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$__rate_interval", RATE_INTERVAL)
             for name, value in values.items():
-                expr = expr.replace(f"${name}", regex_literal(value))
+                expr = expr.replace(f"${name}", value)
             if "$" in expr:
                 raise TestFailure(f"unsubstituted variable in {expr}")
             exprs.append((panel["title"], expr))
     return values, exprs
 
 
-def run(args, tmp, procs, deadline):
+def check_engine(prom, engine, deadline):
+    """kvgated read the fake engine's pool, and counts a preemption."""
+    def engine_read():
+        up = prom.query(f'kvgate_engine_up{{model="{ENGINE_MODEL}"}} == 1')
+        tokens = prom.query(
+            f'kvgate_engine_kv_capacity_tokens{{model="{ENGINE_MODEL}"}}')
+        return up and tokens and float(tokens[0]["value"][1]) == float(
+            ENGINE_BLOCKS * ENGINE_BLOCK_SIZE)
+
+    deadline.wait_for("kvgated to read the engine's pool", engine_read)
+    engine.preempt()
+
+    def preemption_counted():
+        result = prom.query(
+            f'kvgate_engine_preemptions_total{{model="{ENGINE_MODEL}"}}')
+        return result and float(result[0]["value"][1]) >= 1
+
+    deadline.wait_for("the engine's preemption in Prometheus",
+                      preemption_counted)
+    # The device-memory alerts leave engine pools out by this join.
+    dynamic = prom.query("kvgate_budget_free_bytes unless on "
+                         "(job, instance, model) kvgate_engine_up")
+    if [s["metric"].get("model") for s in dynamic] != [DYNAMIC_MODEL]:
+        raise TestFailure(f"unless on (model) kvgate_engine_up kept "
+                          f"{[s['metric'] for s in dynamic]}")
+    print(f"engine pool {ENGINE_BLOCKS * ENGINE_BLOCK_SIZE} tokens read, "
+          "preemption counted")
+
+
+def run(args, tmp, procs, deadline, engine):
     sock = os.path.join(tmp, "kvgate.sock")
+    config_path = os.path.join(tmp, "kvgated.txtpb")
+    with open(config_path, "w") as f:
+        f.write(kvgated_config(engine.url()))
     kvgated = procs.start(
-        "kvgated", [args.kvgated, f"--grpc_address=unix:{sock}",
+        "kvgated", [args.kvgated, f"--config={config_path}",
+                    f"--grpc_address=unix:{sock}",
                     "--metrics_address=127.0.0.1:0"],
         os.path.join(tmp, "kvgated.log"))
 
@@ -247,7 +382,8 @@ def run(args, tmp, procs, deadline):
 
     # Load: admissions, a queued request, QUEUE_TIMEOUT and NEVER_FITS.
     demo = subprocess.run(
-        [args.kvgate, "demo", f"--address=unix:{sock}"], capture_output=True,
+        [args.kvgate, "demo", f"--address=unix:{sock}",
+         f"--model={DYNAMIC_MODEL}"], capture_output=True,
         text=True, timeout=max(1, deadline.left()))
     print(demo.stdout + demo.stderr)
     if demo.returncode != 0:
@@ -273,6 +409,7 @@ def run(args, tmp, procs, deadline):
         return result and float(result[0]["value"][1]) >= 3
 
     deadline.wait_for("Prometheus to scrape the load", scraped_load)
+    check_engine(prom, engine, deadline)
     time.sleep(3)  # rate() over 15 s wants samples on both sides of the load
 
     failures = []
@@ -333,8 +470,9 @@ def main():
     deadline = Deadline(args.deadline)
     procs = Processes()
     tmp = tempfile.mkdtemp(prefix="kvgate-prometheus-test-")
+    engine = FakeVllm(ENGINE_MODEL, ENGINE_BLOCKS, ENGINE_BLOCK_SIZE)
     try:
-        run(args, tmp, procs, deadline)
+        run(args, tmp, procs, deadline, engine)
         return 0
     except (TestFailure, subprocess.TimeoutExpired) as e:
         print(f"FAIL: {e}")
@@ -343,6 +481,7 @@ def main():
         return 1
     finally:
         procs.stop()
+        engine.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
