@@ -1,7 +1,9 @@
 // The server's one background thread: each controller's Tick every few
 // milliseconds (queue deadlines, lease expiry) and a poll of the memory
 // source on its interval, which sets each pool's memory pressure and free
-// device bytes (plugin/memory/pool_memory.h) and the metrics.
+// device bytes (plugin/memory/pool_memory.h) and the metrics. A vllm or
+// sglang pool's pressure is its EnginePoller's (engine_poller.h), not the
+// device's.
 #ifndef KVGATE_PLUGIN_SERVER_TICKER_H_
 #define KVGATE_PLUGIN_SERVER_TICKER_H_
 
