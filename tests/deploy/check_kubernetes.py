@@ -13,6 +13,15 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
               PrometheusRule and dashboard are there; the rendered config
               passes `kvgated --validate`.
               Exits 77 (ctest: skipped) where kubectl is absent.
+  recipes     every kustomize example of the docs (`kubectl kustomize DIR`
+              and `kubectl apply -k DIR` in deploy/README.md and the
+              comments under deploy/kubernetes; the README's kustomization
+              blocks, laid out in a temporary directory), rendered and
+              checked as in `render`; then the sidecar component's two
+              names set wrong in temporary copies: both left as shipped and
+              only the container name set must make kustomize fail, only
+              the Deployment name set must fail the checks (a container
+              with no image). Exits 77 where kubectl is absent.
   config      `kvgated --validate` on deploy/kubernetes/base/kvgate.txtpb
               (runs without kubectl).
   lint        yamllint --strict on the manifests (fails without yamllint:
@@ -234,8 +243,71 @@ def validate_config(kvgated, text, file_name, where):
            f"{proc.stderr.strip()}")
 
 
+def check_pod_basics(spec, where):
+    """Every container has an image; every mount names a pod volume."""
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        expect(c.get("image"),
+               f"{where}: container {c['name']} has no image (does the "
+               "sidecar patch name a container the Deployment does not "
+               "have? Set the model server's container name in the "
+               "component's sidecar.yaml)")
+        for m in c.get("volumeMounts", []):
+            expect(m["name"] in volumes,
+                   f"{where}: container {c['name']} mounts volume "
+                   f"{m['name']}, which the pod does not have")
+
+
+def check_sidecar_ports(sidecar, where):
+    ports = {p.get("name"): p.get("containerPort")
+             for p in sidecar.get("ports", [])}
+    health = int(flag(sidecar.get("args", []), "health_address").rsplit(":", 1)[1])
+    expect(ports.get("kvgate-health") == health,
+           f"{where}: kvgated's port kvgate-health is "
+           f"{ports.get('kvgate-health')}, --health_address listens on {health}")
+    expect("kvgate-metrics" in ports,
+           f"{where}: kvgated has no port named kvgate-metrics")
+
+
+def check_deployments(docs, where, kvgated):
+    """Checks every Deployment with the sidecar; how many there are (>= 1)."""
+    configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+    injected = 0
+    for deployment in by_kind(docs, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        sidecars = [c for c in spec.get("initContainers", [])
+                    if c["name"] == SIDECAR]
+        if not sidecars:
+            continue
+        injected += 1
+        at = f"{where}: Deployment {deployment['metadata']['name']}"
+        expect(all(c["name"] != SIDECAR for c in spec["containers"]),
+               f"{at}: kvgated is also a regular container")
+        sidecar = sidecars[0]
+        expect(sidecar.get("restartPolicy") == "Always",
+               f"{at}: kvgated is not a native sidecar "
+               "(initContainers entry with restartPolicy: Always)")
+        check_pod_basics(spec, at)
+        check_probes(sidecar, at)
+        check_sidecar_ports(sidecar, at)
+        check_gpu_access(sidecar, spec["containers"], at)
+        check_security(sidecar, at)
+        text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
+        labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+        check_monitoring(docs, labels, sidecar, text, at)
+        config_file = os.path.basename(flag(sidecar["args"], "config"))
+        validate_config(kvgated, text, config_file, at)
+    expect(injected >= 1, f"{where}: no Deployment with the kvgated sidecar "
+           "(does the component's sidecar.yaml name your Deployment?)")
+    return injected
+
+
+def find_kubectl():
+    return shutil.which("kubectl")
+
+
 def check_render(root, kvgated):
-    kubectl = shutil.which("kubectl")
+    kubectl = find_kubectl()
     if kubectl is None:
         print("SKIP: kubectl not found; the manifests were NOT rendered or "
               "checked (install kubectl >= 1.27 with kustomize 5)")
@@ -246,33 +318,173 @@ def check_render(root, kvgated):
     for overlay in overlays(root):
         where = str(overlay.relative_to(root))
         docs = render(kubectl, overlay)
-        configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
-        injected = 0
-        for deployment in by_kind(docs, "Deployment"):
-            spec = deployment["spec"]["template"]["spec"]
-            sidecars = [c for c in spec.get("initContainers", [])
-                        if c["name"] == SIDECAR]
-            if not sidecars:
-                continue
-            injected += 1
-            at = f"{where}: Deployment {deployment['metadata']['name']}"
-            expect(all(c["name"] != SIDECAR for c in spec["containers"]),
-                   f"{at}: kvgated is also a regular container")
-            sidecar = sidecars[0]
-            expect(sidecar.get("restartPolicy") == "Always",
-                   f"{at}: kvgated is not a native sidecar "
-                   "(initContainers entry with restartPolicy: Always)")
-            check_probes(sidecar, at)
-            check_gpu_access(sidecar, spec["containers"], at)
-            check_security(sidecar, at)
-            text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
-            labels = deployment["spec"]["template"]["metadata"].get("labels", {})
-            check_monitoring(docs, labels, sidecar, text, at)
-            config_file = os.path.basename(flag(sidecar["args"], "config"))
-            validate_config(kvgated, text, config_file, at)
-        expect(injected >= 1, f"{where}: no Deployment with the kvgated sidecar")
+        injected = check_deployments(docs, where, kvgated)
         print(f"{where}: {len(docs)} resources, {injected} Deployment(s) with "
               "the kvgated sidecar: all checks passed")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Recipes: every kustomize example the documentation gives, rendered and
+# checked; and the two names of the sidecar component, left wrong on
+# purpose, must be caught.
+
+COMPONENT = "deploy/kubernetes/components/sidecar"
+# The marked lines of the component's sidecar.yaml a user edits.
+DEPLOYMENT_NAME = re.compile(r"^(  name: )(\S+)(\s+# \(1\).*)$", re.M)
+CONTAINER_NAME = re.compile(r"^(        - name: )(\S+)(\s+# \(2\).*)$", re.M)
+
+# The Deployment a user already has, for the README's "existing Deployment"
+# recipe: names unlike the shipped ones on purpose.
+APP_DEPLOYMENT = "llama-70b"
+APP_CONTAINER = "engine"
+APP = f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {APP_DEPLOYMENT}
+spec:
+  selector:
+    matchLabels: {{app: llama}}
+  template:
+    metadata:
+      labels: {{app: llama}}
+    spec:
+      containers:
+        - name: {APP_CONTAINER}
+          image: vllm/vllm-openai:v0.8.5
+          ports:
+            - {{name: http, containerPort: 8000}}
+          resources:
+            limits: {{nvidia.com/gpu: "1"}}
+"""
+
+
+def documented_paths(root):
+    """Directories named by `kubectl kustomize DIR` / `kubectl apply -k DIR`
+    in deploy/README.md and in the comments under deploy/kubernetes."""
+    texts = [(root / "deploy/README.md").read_text()]
+    texts += [f.read_text() for f in sorted((root / "deploy/kubernetes").rglob("*.yaml"))]
+    found = set()
+    for text in texts:
+        for m in re.finditer(r"kubectl (?:kustomize|apply -k) (deploy/\S+)", text):
+            found.add(m.group(1).rstrip("`.,)"))
+    return sorted(found)
+
+
+def readme_kustomizations(root):
+    """The ```yaml blocks of deploy/README.md that are Kustomizations, as
+    (first comment line, text)."""
+    text = (root / "deploy/README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    return [(b.splitlines()[0], b) for b in blocks
+            if re.search(r"^kind: Kustomization$", b, re.M)]
+
+
+def set_names(component_dir, deployment, container):
+    """Edits the two marked names of a copy of the component (None: leave)."""
+    path = component_dir / "sidecar.yaml"
+    text = path.read_text()
+    expect(DEPLOYMENT_NAME.search(text) and CONTAINER_NAME.search(text),
+           f"{COMPONENT}/sidecar.yaml no longer marks the Deployment name "
+           "'(1)' and the container name '(2)'")
+    if deployment:
+        text = DEPLOYMENT_NAME.sub(rf"\g<1>{deployment}\g<3>", text, count=1)
+    if container:
+        text = CONTAINER_NAME.sub(rf"\g<1>{container}\g<3>", text, count=1)
+    path.write_text(text)
+
+
+def build_recipe(root, tmp, header, block, deployment, container):
+    """Lays out the README recipe `block` under tmp as a user would; the
+    directory to render."""
+    m = re.match(r"#\s*(\S+)/kustomization\.yaml", header)
+    expect(m, f"deploy/README.md: a kustomize example starts {header!r}; "
+           "begin it with `# DIR/kustomization.yaml` so the test can lay it out")
+    kvgate = tmp / "kvgate"
+    shutil.copytree(root / "deploy", kvgate / "deploy")
+    here = tmp / m.group(1)
+    here.mkdir()
+    block = block.replace("<kvgate>", "../kvgate")
+    doc = yaml.safe_load(block)
+    for r in doc.get("resources", []):
+        if r.startswith("../kvgate/"):
+            continue
+        expect(r == "../app", f"deploy/README.md recipe {header}: resource "
+               f"{r} is neither kvgate's nor the user's app (../app)")
+        (tmp / "app").mkdir()
+        (tmp / "app/deployment.yaml").write_text(APP)
+        (tmp / "app/kustomization.yaml").write_text(
+            "resources:\n  - deployment.yaml\n")
+    for c in doc.get("components", []):
+        expect("/" not in c, f"deploy/README.md recipe {header}: component "
+               f"{c} should be a copy beside the overlay")
+        shutil.copytree(root / COMPONENT, here / c)
+        set_names(here / c, deployment, container)
+    for gen in doc.get("configMapGenerator", []):
+        for f in gen.get("files", []):
+            shutil.copy(root / "deploy/kubernetes/base" / os.path.basename(f),
+                        here / f)
+    (here / "kustomization.yaml").write_text(block)
+    return here
+
+
+def kustomize_fails(kubectl, directory):
+    proc = subprocess.run([kubectl, "kustomize", str(directory)],
+                          capture_output=True, text=True, timeout=120)
+    m = re.search(r"no resource matches[^;]*", proc.stderr)
+    return proc.returncode != 0, (m.group(0).replace("\\", "") if m else
+                                  proc.stderr.strip()[-300:])
+
+
+def check_recipes(root, kvgated):
+    kubectl = find_kubectl()
+    if kubectl is None:
+        print("SKIP: kubectl not found; the recipes were NOT rendered")
+        return SKIP
+    paths = documented_paths(root)
+    expect(paths, "found no `kubectl kustomize` / `kubectl apply -k` in the docs")
+    for path in paths:
+        expect((root / path / "kustomization.yaml").exists(),
+               f"the docs render {path}, which has no kustomization.yaml")
+        docs = render(kubectl, root / path)
+        if by_kind(docs, "Deployment"):
+            check_deployments(docs, path, kvgated)
+        print(f"documented `kubectl kustomize {path}`: {len(docs)} resources, "
+              "checked")
+    blocks = readme_kustomizations(root)
+    expect(blocks, "deploy/README.md has no kustomize example")
+    for header, block in blocks:
+        where = f"deploy/README.md {header.lstrip('# ')}"
+        with tempfile.TemporaryDirectory() as tmp:
+            d = build_recipe(root, pathlib.Path(tmp), header, block,
+                             APP_DEPLOYMENT, APP_CONTAINER)
+            docs = render(kubectl, d)
+            check_deployments(docs, where, kvgated)
+            print(f"{where}, both names set: {len(docs)} resources, checked")
+        # The mistakes: each must be caught, by kustomize where it can be.
+        mistakes = [
+            ("both names left as shipped", None, None, True),
+            ("only the container name set", None, APP_CONTAINER, True),
+            ("only the Deployment name set", APP_DEPLOYMENT, None, False),
+        ]
+        for what, deployment, container, loud in mistakes:
+            with tempfile.TemporaryDirectory() as tmp:
+                d = build_recipe(root, pathlib.Path(tmp), header, block,
+                                 deployment, container)
+                failed, last = kustomize_fails(kubectl, d)
+                if failed:
+                    print(f"{where}, {what}: kubectl kustomize fails: {last}")
+                    continue
+                expect(not loud, f"{where}, {what}: kubectl kustomize exits "
+                       "0; it should fail loudly")
+                try:
+                    check_deployments(render(kubectl, d), where, kvgated)
+                except CheckError as e:
+                    print(f"{where}, {what}: kustomize renders it, the check "
+                          f"catches it: {e}")
+                    continue
+                raise CheckError(f"{where}, {what}: rendered and passed the "
+                                 "checks; the mistake went unnoticed")
     return 0
 
 
@@ -408,6 +620,7 @@ def check_dockerfile(root, kvgated):
 
 CHECKS = {
     "render": check_render,
+    "recipes": check_recipes,
     "config": check_config,
     "lint": check_lint,
     "dockerfile": check_dockerfile,
@@ -422,7 +635,7 @@ def main(argv):
         print(__doc__)
         return 2
     root = pathlib.Path(args[0]).resolve()
-    if args[1] in ("render", "config", "dockerfile") and not kvgated:
+    if args[1] in ("render", "recipes", "config", "dockerfile") and not kvgated:
         print(f"{args[1]} needs --kvgated=PATH")
         return 2
     try:
