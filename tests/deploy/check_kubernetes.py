@@ -8,7 +8,8 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
               --health_address port, watches GPUs without requesting one,
               runs restricted, has requests and limits, shares the socket's
               emptyDir with the model server, mounts the ConfigMap at its
-              --config path, exposes the metrics port the PodMonitor scrapes
+              --config path, keeps its lease journal (--state_dir) in a
+              writable volume it mounts, exposes the metrics port the PodMonitor scrapes
               on a pod its selector matches; the Service, PodMonitor,
               PrometheusRule and dashboard are there; the rendered config
               passes `kvgated --validate`.
@@ -16,8 +17,9 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
   recipes     every kustomize example of the docs (`kubectl kustomize DIR`
               and `kubectl apply -k DIR` in deploy/README.md and the
               comments under deploy/kubernetes; the README's kustomization
-              blocks, laid out in a temporary directory), rendered and
-              checked as in `render`; then the sidecar component's two
+              blocks, laid out in a temporary directory; the README's
+              patches for an overlay, applied to a copy of overlays/vllm),
+              rendered and checked as in `render`; then the sidecar component's two
               names set wrong in temporary copies: both left as shipped and
               only the container name set must make kustomize fail, only
               the Deployment name set must fail the checks (a container
@@ -197,6 +199,31 @@ def check_volumes(spec, sidecar, main_containers, configmaps, where):
     return text
 
 
+def check_state(spec, sidecar, config_text, where):
+    """The lease journal (--state_dir, or the config's lease_journal
+    state_dir) lies in a writable volume of the sidecar's."""
+    state_dir = (flag(sidecar.get("args", []), "state_dir") or
+                 config_text_field(config_text, "state_dir"))
+    expect(state_dir, f"{where}: kvgated has no --state_dir (nor a "
+           "lease_journal state_dir in its config): its leases live in "
+           "memory only and a restarted sidecar forgets them")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    holding = [m for m in sidecar.get("volumeMounts", [])
+               if state_dir == m["mountPath"] or
+               state_dir.startswith(m["mountPath"].rstrip("/") + "/")]
+    expect(holding, f"{where}: --state_dir {state_dir} is not in any volume "
+           "kvgated mounts (the root filesystem is read-only and lost with "
+           "the container)")
+    mount = max(holding, key=lambda m: len(m["mountPath"]))
+    expect(not mount.get("readOnly"),
+           f"{where}: the state volume {mount['name']} is mounted read-only")
+    volume = volumes.get(mount["name"], {})
+    kinds = {"emptyDir", "persistentVolumeClaim", "hostPath", "ephemeral"}
+    expect(kinds & set(volume),
+           f"{where}: the state volume {mount['name']} is "
+           f"{sorted(set(volume) - {'name'})}, not one of {sorted(kinds)}")
+
+
 def check_monitoring(docs, pod_labels, sidecar, config_text, where):
     podmonitors = by_kind(docs, "PodMonitor")
     expect(len(podmonitors) == 1, f"{where}: {len(podmonitors)} PodMonitors")
@@ -293,6 +320,7 @@ def check_deployments(docs, where, kvgated):
         check_gpu_access(sidecar, spec["containers"], at)
         check_security(sidecar, at)
         text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
+        check_state(spec, sidecar, text, at)
         labels = deployment["spec"]["template"]["metadata"].get("labels", {})
         check_monitoring(docs, labels, sidecar, text, at)
         config_file = os.path.basename(flag(sidecar["args"], "config"))
@@ -436,6 +464,43 @@ def kustomize_fails(kubectl, directory):
                                   proc.stderr.strip()[-300:])
 
 
+def overlay_patches(root):
+    """The ```yaml blocks of deploy/README.md that are patches for an
+    overlay (first line `# in your overlay: patches: [{path: FILE}]`), as
+    (file name, text)."""
+    text = (root / "deploy/README.md").read_text()
+    return re.findall(r"```yaml\n# in your overlay: patches: \[\{path: (\S+)\}\]"
+                      r"\n(.*?)```", text, re.S)
+
+
+def check_overlay_patch(root, kubectl, kvgated, name, block):
+    """Applies a documented patch to a copy of the vllm overlay; the render
+    passes the checks and has the patch's volumes as the patch says."""
+    where = f"deploy/README.md patch {name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(root / "deploy", pathlib.Path(tmp) / "deploy")
+        overlay = pathlib.Path(tmp) / "deploy/kubernetes/overlays/vllm"
+        (overlay / name).write_text(block)
+        with open(overlay / "kustomization.yaml", "a") as f:
+            f.write(f"patches:\n  - path: {name}\n")
+        docs = render(kubectl, overlay)
+    check_deployments(docs, where, kvgated)
+    patch = yaml.safe_load(block)
+    deployment = [d for d in by_kind(docs, "Deployment")
+                  if d["metadata"]["name"] == patch["metadata"]["name"]]
+    expect(deployment, f"{where}: no Deployment {patch['metadata']['name']}")
+    volumes = {v["name"]: v for v in
+               deployment[0]["spec"]["template"]["spec"].get("volumes", [])}
+    for want in patch["spec"]["template"]["spec"].get("volumes", []):
+        got = volumes.get(want["name"], {})
+        for key, value in want.items():
+            expect(got.get(key) == value if value is not None else key not in got,
+                   f"{where}: volume {want['name']} renders as {got}, the "
+                   f"patch sets {key}: {value}")
+    print(f"{where} on overlays/vllm: {len(docs)} resources, checked; "
+          "its volumes render as written")
+
+
 def check_recipes(root, kvgated):
     kubectl = find_kubectl()
     if kubectl is None:
@@ -451,6 +516,8 @@ def check_recipes(root, kvgated):
             check_deployments(docs, path, kvgated)
         print(f"documented `kubectl kustomize {path}`: {len(docs)} resources, "
               "checked")
+    for name, block in overlay_patches(root):
+        check_overlay_patch(root, kubectl, kvgated, name, block)
     blocks = readme_kustomizations(root)
     expect(blocks, "deploy/README.md has no kustomize example")
     for header, block in blocks:
