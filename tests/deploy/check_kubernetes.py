@@ -11,7 +11,11 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
               --config path, keeps its lease journal (--state_dir) in a
               writable volume it mounts, exposes the metrics port the PodMonitor scrapes
               on a pod its selector matches; the Service, PodMonitor,
-              PrometheusRule and dashboard are there; the rendered config
+              PrometheusRule and dashboard are there; a NetworkPolicy selects
+              the pod, lets only selected pods (Prometheus) reach the
+              metrics port, does not open the health port to everyone,
+              keeps the model server's ports open and leaves egress alone;
+              the rendered config
               passes `kvgated --validate`.
               Exits 77 (ctest: skipped) where kubectl is absent.
   recipes     every kustomize example of the docs (`kubectl kustomize DIR`
@@ -258,6 +262,72 @@ def check_monitoring(docs, pod_labels, sidecar, config_text, where):
            f"{where}: no dashboard ConfigMap")
 
 
+def policy_ports(rule, container_ports):
+    """The container port numbers an ingress rule opens (all: None)."""
+    if not rule.get("ports"):
+        return None
+    opened = set()
+    for p in rule["ports"]:
+        port = p.get("port")
+        if port is None:
+            return None
+        if isinstance(port, str):
+            expect(port in container_ports, f"NetworkPolicy names port {port}, "
+                   f"which no container of the pod has ({sorted(container_ports)})")
+            port = container_ports[port]
+        opened.update(range(port, p.get("endPort", port) + 1))
+    return opened
+
+
+def check_network_policy(docs, deployment, sidecar, where):
+    """A NetworkPolicy selects the pod: the metrics port only from selected
+    pods, the health port not from the pod network at large, the model
+    server's ports from anywhere as without a policy, egress untouched."""
+    template = deployment["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    spec = template["spec"]
+    policies = [p for p in by_kind(docs, "NetworkPolicy")
+                if all(labels.get(k) == v for k, v in
+                       p["spec"]["podSelector"].get("matchLabels", {}).items())]
+    expect(policies, f"{where}: no NetworkPolicy selects the pod "
+           "(components/networkpolicy)")
+    container_ports = {p["name"]: p["containerPort"]
+                       for c in spec.get("initContainers", []) + spec["containers"]
+                       for p in c.get("ports", []) if "name" in p}
+    sidecar_ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    metrics, health = sidecar_ports["kvgate-metrics"], sidecar_ports["kvgate-health"]
+    metrics_from = []
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        expect("Egress" not in policy["spec"].get("policyTypes", ["Ingress"]),
+               f"{where}: NetworkPolicy {name} restricts egress")
+        for rule in policy["spec"].get("ingress", []):
+            opened = policy_ports(rule, container_ports)
+            peers = rule.get("from") or []
+            anyone = not peers or any(
+                "ipBlock" in p and p["ipBlock"]["cidr"] in ("0.0.0.0/0", "::/0")
+                for p in peers)
+            for port, what in ((metrics, "kvgate-metrics"), (health, "kvgate-health")):
+                expect(not (anyone and (opened is None or port in opened)),
+                       f"{where}: NetworkPolicy {name} opens {what} ({port}) "
+                       "to everyone")
+            if opened is None or metrics in opened:
+                metrics_from += peers
+    expect(metrics_from and all("namespaceSelector" in p or "podSelector" in p
+                                for p in metrics_from),
+           f"{where}: no NetworkPolicy lets selected pods (Prometheus) reach "
+           f"kvgate-metrics ({metrics}), or one lets an ipBlock in: {metrics_from}")
+    for c in spec["containers"]:
+        for p in c.get("ports", []):
+            expect(any(not (r.get("from") or []) and
+                       (policy_ports(r, container_ports) is None or
+                        p["containerPort"] in policy_ports(r, container_ports))
+                       for pol in policies for r in pol["spec"].get("ingress", [])),
+                   f"{where}: container {c['name']}'s port "
+                   f"{p.get('name', '')} ({p['containerPort']}) is closed by "
+                   "the NetworkPolicy; it was open to all before")
+
+
 def validate_config(kvgated, text, file_name, where):
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / file_name
@@ -347,6 +417,13 @@ def check_render(root, kvgated):
         where = str(overlay.relative_to(root))
         docs = render(kubectl, overlay)
         injected = check_deployments(docs, where, kvgated)
+        for deployment in by_kind(docs, "Deployment"):
+            sidecars = [c for c in deployment["spec"]["template"]["spec"]
+                        .get("initContainers", []) if c["name"] == SIDECAR]
+            if sidecars:
+                check_network_policy(docs, deployment, sidecars[0],
+                                     f"{where}: Deployment "
+                                     f"{deployment['metadata']['name']}")
         print(f"{where}: {len(docs)} resources, {injected} Deployment(s) with "
               "the kvgated sidecar: all checks passed")
     return 0
