@@ -28,6 +28,13 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
               only the container name set must make kustomize fail, only
               the Deployment name set must fail the checks (a container
               with no image). Exits 77 where kubectl is absent.
+  runbook     every alert of deploy/prometheus/kvgate-rules.yaml and
+              prometheusrule.yaml has a runbook_url naming a file of the
+              repository and one of its headings (GitHub's anchors); the
+              containers (`-c NAME`, "container `NAME`") and ports
+              ("port `NAME`") docs/runbook.md names exist in the rendered
+              overlays. Exits 77 after the first part where kubectl is
+              absent.
   config      `kvgated --validate` on deploy/kubernetes/base/kvgate.txtpb
               (runs without kubectl).
   lint        yamllint --strict on the manifests (fails without yamllint:
@@ -633,6 +640,96 @@ def check_recipes(root, kvgated):
 
 
 # ---------------------------------------------------------------------------
+# The runbook: where the alerts' runbook_url points, and the names it uses.
+
+RULE_FILES = ("deploy/prometheus/kvgate-rules.yaml",
+              "deploy/prometheus/prometheusrule.yaml")
+
+
+def github_anchors(markdown):
+    """The anchors GitHub gives a Markdown file's headings."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def rule_alerts(doc):
+    groups = doc.get("groups") or doc.get("spec", {}).get("groups", [])
+    for group in groups:
+        for rule in group.get("rules", []):
+            if "alert" in rule:
+                yield rule
+
+
+def runbook_names(text):
+    """(containers, ports) the runbook names: `-c NAME`, `--container=NAME`,
+    "the `NAME` container", "container `NAME`", "port `NAME`"."""
+    containers = set(re.findall(r"(?:\s-c|--container[= ])\s*([\w.-]+)", text))
+    containers |= set(re.findall(r"the `([\w.-]+)` container", text))
+    containers |= set(re.findall(r"container `([\w.-]+)`", text))
+    ports = set(re.findall(r"\bport `([\w.-]+)`", text))
+    return containers, ports
+
+
+def check_runbook_names(text, docs, where):
+    containers, ports = set(), set()
+    for d in by_kind(docs, "Deployment"):
+        spec = d["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            containers.add(c["name"])
+            ports |= {p["name"] for p in c.get("ports", []) if "name" in p}
+    named_containers, named_ports = runbook_names(text)
+    expect(named_containers and named_ports,
+           f"{where}: names no container or no port")
+    bad = sorted(named_containers - containers)
+    expect(not bad, f"{where} names container(s) {bad}; the rendered "
+           f"manifests have {sorted(containers)}")
+    bad = sorted(named_ports - ports)
+    expect(not bad, f"{where} names port(s) {bad}; the rendered manifests "
+           f"have {sorted(ports)}")
+    return named_containers, named_ports
+
+
+def check_runbook(root, _):
+    checked = 0
+    for rule_file in RULE_FILES:
+        doc = yaml.safe_load((root / rule_file).read_text())
+        for rule in rule_alerts(doc):
+            alert = rule["alert"]
+            url = rule.get("annotations", {}).get("runbook_url")
+            expect(url, f"{rule_file}: alert {alert} has no runbook_url")
+            expect("#" in url and "://" not in url,
+                   f"{rule_file}: {alert}'s runbook_url {url} is not a "
+                   "repository path with an anchor (docs/runbook.md#...)")
+            path, anchor = url.split("#", 1)
+            target = root / path
+            expect(target.is_file(), f"{rule_file}: {alert}'s runbook_url "
+                   f"{url}: no file {path} in the repository")
+            expect(anchor in github_anchors(target.read_text()),
+                   f"{rule_file}: {alert}'s runbook_url {url}: {path} has "
+                   f"no heading with anchor #{anchor}")
+            checked += 1
+    print(f"runbook_url: {checked} alerts in {len(RULE_FILES)} rule files, "
+          "each a file and heading of the repository")
+    kubectl = find_kubectl()
+    if kubectl is None:
+        print("SKIP: kubectl not found; the runbook's container and port "
+              "names were NOT checked against the rendered manifests")
+        return SKIP
+    docs = []
+    for overlay in overlays(root):
+        docs += render(kubectl, overlay)
+    runbook = root / "docs/runbook.md"
+    containers, ports = check_runbook_names(runbook.read_text(), docs,
+                                            "docs/runbook.md")
+    print(f"docs/runbook.md names containers {sorted(containers)} and ports "
+          f"{sorted(ports)}: all in the rendered manifests")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # The config on its own, yamllint, the Dockerfile.
 
 
@@ -765,6 +862,7 @@ def check_dockerfile(root, kvgated):
 CHECKS = {
     "render": check_render,
     "recipes": check_recipes,
+    "runbook": check_runbook,
     "config": check_config,
     "lint": check_lint,
     "dockerfile": check_dockerfile,
