@@ -8,11 +8,33 @@ Usage: check_kubernetes.py REPO_ROOT CHECK [--kvgated=PATH]
               --health_address port, watches GPUs without requesting one,
               runs restricted, has requests and limits, shares the socket's
               emptyDir with the model server, mounts the ConfigMap at its
-              --config path, exposes the metrics port the PodMonitor scrapes
+              --config path, keeps its lease journal (--state_dir) in a
+              writable volume it mounts, exposes the metrics port the PodMonitor scrapes
               on a pod its selector matches; the Service, PodMonitor,
-              PrometheusRule and dashboard are there; the rendered config
+              PrometheusRule and dashboard are there; a NetworkPolicy selects
+              the pod, lets only selected pods (Prometheus) reach the
+              metrics port, does not open the health port to everyone,
+              keeps the model server's ports open and leaves egress alone;
+              the rendered config
               passes `kvgated --validate`.
               Exits 77 (ctest: skipped) where kubectl is absent.
+  recipes     every kustomize example of the docs (`kubectl kustomize DIR`
+              and `kubectl apply -k DIR` in deploy/README.md and the
+              comments under deploy/kubernetes; the README's kustomization
+              blocks, laid out in a temporary directory; the README's
+              patches for an overlay, applied to a copy of overlays/vllm),
+              rendered and checked as in `render`; then the sidecar component's two
+              names set wrong in temporary copies: both left as shipped and
+              only the container name set must make kustomize fail, only
+              the Deployment name set must fail the checks (a container
+              with no image). Exits 77 where kubectl is absent.
+  runbook     every alert of deploy/prometheus/kvgate-rules.yaml and
+              prometheusrule.yaml has a runbook_url naming a file of the
+              repository and one of its headings (GitHub's anchors); the
+              containers (`-c NAME`, "container `NAME`") and ports
+              ("port `NAME`") docs/runbook.md names exist in the rendered
+              overlays. Exits 77 after the first part where kubectl is
+              absent.
   config      `kvgated --validate` on deploy/kubernetes/base/kvgate.txtpb
               (runs without kubectl).
   lint        yamllint --strict on the manifests (fails without yamllint:
@@ -188,6 +210,31 @@ def check_volumes(spec, sidecar, main_containers, configmaps, where):
     return text
 
 
+def check_state(spec, sidecar, config_text, where):
+    """The lease journal (--state_dir, or the config's lease_journal
+    state_dir) lies in a writable volume of the sidecar's."""
+    state_dir = (flag(sidecar.get("args", []), "state_dir") or
+                 config_text_field(config_text, "state_dir"))
+    expect(state_dir, f"{where}: kvgated has no --state_dir (nor a "
+           "lease_journal state_dir in its config): its leases live in "
+           "memory only and a restarted sidecar forgets them")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    holding = [m for m in sidecar.get("volumeMounts", [])
+               if state_dir == m["mountPath"] or
+               state_dir.startswith(m["mountPath"].rstrip("/") + "/")]
+    expect(holding, f"{where}: --state_dir {state_dir} is not in any volume "
+           "kvgated mounts (the root filesystem is read-only and lost with "
+           "the container)")
+    mount = max(holding, key=lambda m: len(m["mountPath"]))
+    expect(not mount.get("readOnly"),
+           f"{where}: the state volume {mount['name']} is mounted read-only")
+    volume = volumes.get(mount["name"], {})
+    kinds = {"emptyDir", "persistentVolumeClaim", "hostPath", "ephemeral"}
+    expect(kinds & set(volume),
+           f"{where}: the state volume {mount['name']} is "
+           f"{sorted(set(volume) - {'name'})}, not one of {sorted(kinds)}")
+
+
 def check_monitoring(docs, pod_labels, sidecar, config_text, where):
     podmonitors = by_kind(docs, "PodMonitor")
     expect(len(podmonitors) == 1, f"{where}: {len(podmonitors)} PodMonitors")
@@ -222,6 +269,72 @@ def check_monitoring(docs, pod_labels, sidecar, config_text, where):
            f"{where}: no dashboard ConfigMap")
 
 
+def policy_ports(rule, container_ports):
+    """The container port numbers an ingress rule opens (all: None)."""
+    if not rule.get("ports"):
+        return None
+    opened = set()
+    for p in rule["ports"]:
+        port = p.get("port")
+        if port is None:
+            return None
+        if isinstance(port, str):
+            expect(port in container_ports, f"NetworkPolicy names port {port}, "
+                   f"which no container of the pod has ({sorted(container_ports)})")
+            port = container_ports[port]
+        opened.update(range(port, p.get("endPort", port) + 1))
+    return opened
+
+
+def check_network_policy(docs, deployment, sidecar, where):
+    """A NetworkPolicy selects the pod: the metrics port only from selected
+    pods, the health port not from the pod network at large, the model
+    server's ports from anywhere as without a policy, egress untouched."""
+    template = deployment["spec"]["template"]
+    labels = template["metadata"].get("labels", {})
+    spec = template["spec"]
+    policies = [p for p in by_kind(docs, "NetworkPolicy")
+                if all(labels.get(k) == v for k, v in
+                       p["spec"]["podSelector"].get("matchLabels", {}).items())]
+    expect(policies, f"{where}: no NetworkPolicy selects the pod "
+           "(components/networkpolicy)")
+    container_ports = {p["name"]: p["containerPort"]
+                       for c in spec.get("initContainers", []) + spec["containers"]
+                       for p in c.get("ports", []) if "name" in p}
+    sidecar_ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    metrics, health = sidecar_ports["kvgate-metrics"], sidecar_ports["kvgate-health"]
+    metrics_from = []
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        expect("Egress" not in policy["spec"].get("policyTypes", ["Ingress"]),
+               f"{where}: NetworkPolicy {name} restricts egress")
+        for rule in policy["spec"].get("ingress", []):
+            opened = policy_ports(rule, container_ports)
+            peers = rule.get("from") or []
+            anyone = not peers or any(
+                "ipBlock" in p and p["ipBlock"]["cidr"] in ("0.0.0.0/0", "::/0")
+                for p in peers)
+            for port, what in ((metrics, "kvgate-metrics"), (health, "kvgate-health")):
+                expect(not (anyone and (opened is None or port in opened)),
+                       f"{where}: NetworkPolicy {name} opens {what} ({port}) "
+                       "to everyone")
+            if opened is None or metrics in opened:
+                metrics_from += peers
+    expect(metrics_from and all("namespaceSelector" in p or "podSelector" in p
+                                for p in metrics_from),
+           f"{where}: no NetworkPolicy lets selected pods (Prometheus) reach "
+           f"kvgate-metrics ({metrics}), or one lets an ipBlock in: {metrics_from}")
+    for c in spec["containers"]:
+        for p in c.get("ports", []):
+            expect(any(not (r.get("from") or []) and
+                       (policy_ports(r, container_ports) is None or
+                        p["containerPort"] in policy_ports(r, container_ports))
+                       for pol in policies for r in pol["spec"].get("ingress", [])),
+                   f"{where}: container {c['name']}'s port "
+                   f"{p.get('name', '')} ({p['containerPort']}) is closed by "
+                   "the NetworkPolicy; it was open to all before")
+
+
 def validate_config(kvgated, text, file_name, where):
     with tempfile.TemporaryDirectory() as tmp:
         path = pathlib.Path(tmp) / file_name
@@ -234,8 +347,72 @@ def validate_config(kvgated, text, file_name, where):
            f"{proc.stderr.strip()}")
 
 
+def check_pod_basics(spec, where):
+    """Every container has an image; every mount names a pod volume."""
+    volumes = {v["name"] for v in spec.get("volumes", [])}
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        expect(c.get("image"),
+               f"{where}: container {c['name']} has no image (does the "
+               "sidecar patch name a container the Deployment does not "
+               "have? Set the model server's container name in the "
+               "component's sidecar.yaml)")
+        for m in c.get("volumeMounts", []):
+            expect(m["name"] in volumes,
+                   f"{where}: container {c['name']} mounts volume "
+                   f"{m['name']}, which the pod does not have")
+
+
+def check_sidecar_ports(sidecar, where):
+    ports = {p.get("name"): p.get("containerPort")
+             for p in sidecar.get("ports", [])}
+    health = int(flag(sidecar.get("args", []), "health_address").rsplit(":", 1)[1])
+    expect(ports.get("kvgate-health") == health,
+           f"{where}: kvgated's port kvgate-health is "
+           f"{ports.get('kvgate-health')}, --health_address listens on {health}")
+    expect("kvgate-metrics" in ports,
+           f"{where}: kvgated has no port named kvgate-metrics")
+
+
+def check_deployments(docs, where, kvgated):
+    """Checks every Deployment with the sidecar; how many there are (>= 1)."""
+    configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+    injected = 0
+    for deployment in by_kind(docs, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        sidecars = [c for c in spec.get("initContainers", [])
+                    if c["name"] == SIDECAR]
+        if not sidecars:
+            continue
+        injected += 1
+        at = f"{where}: Deployment {deployment['metadata']['name']}"
+        expect(all(c["name"] != SIDECAR for c in spec["containers"]),
+               f"{at}: kvgated is also a regular container")
+        sidecar = sidecars[0]
+        expect(sidecar.get("restartPolicy") == "Always",
+               f"{at}: kvgated is not a native sidecar "
+               "(initContainers entry with restartPolicy: Always)")
+        check_pod_basics(spec, at)
+        check_probes(sidecar, at)
+        check_sidecar_ports(sidecar, at)
+        check_gpu_access(sidecar, spec["containers"], at)
+        check_security(sidecar, at)
+        text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
+        check_state(spec, sidecar, text, at)
+        labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+        check_monitoring(docs, labels, sidecar, text, at)
+        config_file = os.path.basename(flag(sidecar["args"], "config"))
+        validate_config(kvgated, text, config_file, at)
+    expect(injected >= 1, f"{where}: no Deployment with the kvgated sidecar "
+           "(does the component's sidecar.yaml name your Deployment?)")
+    return injected
+
+
+def find_kubectl():
+    return shutil.which("kubectl")
+
+
 def check_render(root, kvgated):
-    kubectl = shutil.which("kubectl")
+    kubectl = find_kubectl()
     if kubectl is None:
         print("SKIP: kubectl not found; the manifests were NOT rendered or "
               "checked (install kubectl >= 1.27 with kustomize 5)")
@@ -246,33 +423,309 @@ def check_render(root, kvgated):
     for overlay in overlays(root):
         where = str(overlay.relative_to(root))
         docs = render(kubectl, overlay)
-        configmaps = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
-        injected = 0
+        injected = check_deployments(docs, where, kvgated)
         for deployment in by_kind(docs, "Deployment"):
-            spec = deployment["spec"]["template"]["spec"]
-            sidecars = [c for c in spec.get("initContainers", [])
-                        if c["name"] == SIDECAR]
-            if not sidecars:
-                continue
-            injected += 1
-            at = f"{where}: Deployment {deployment['metadata']['name']}"
-            expect(all(c["name"] != SIDECAR for c in spec["containers"]),
-                   f"{at}: kvgated is also a regular container")
-            sidecar = sidecars[0]
-            expect(sidecar.get("restartPolicy") == "Always",
-                   f"{at}: kvgated is not a native sidecar "
-                   "(initContainers entry with restartPolicy: Always)")
-            check_probes(sidecar, at)
-            check_gpu_access(sidecar, spec["containers"], at)
-            check_security(sidecar, at)
-            text = check_volumes(spec, sidecar, spec["containers"], configmaps, at)
-            labels = deployment["spec"]["template"]["metadata"].get("labels", {})
-            check_monitoring(docs, labels, sidecar, text, at)
-            config_file = os.path.basename(flag(sidecar["args"], "config"))
-            validate_config(kvgated, text, config_file, at)
-        expect(injected >= 1, f"{where}: no Deployment with the kvgated sidecar")
+            sidecars = [c for c in deployment["spec"]["template"]["spec"]
+                        .get("initContainers", []) if c["name"] == SIDECAR]
+            if sidecars:
+                check_network_policy(docs, deployment, sidecars[0],
+                                     f"{where}: Deployment "
+                                     f"{deployment['metadata']['name']}")
         print(f"{where}: {len(docs)} resources, {injected} Deployment(s) with "
               "the kvgated sidecar: all checks passed")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Recipes: every kustomize example the documentation gives, rendered and
+# checked; and the two names of the sidecar component, left wrong on
+# purpose, must be caught.
+
+COMPONENT = "deploy/kubernetes/components/sidecar"
+# The marked lines of the component's sidecar.yaml a user edits.
+DEPLOYMENT_NAME = re.compile(r"^(  name: )(\S+)(\s+# \(1\).*)$", re.M)
+CONTAINER_NAME = re.compile(r"^(        - name: )(\S+)(\s+# \(2\).*)$", re.M)
+
+# The Deployment a user already has, for the README's "existing Deployment"
+# recipe: names unlike the shipped ones on purpose.
+APP_DEPLOYMENT = "llama-70b"
+APP_CONTAINER = "engine"
+APP = f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {APP_DEPLOYMENT}
+spec:
+  selector:
+    matchLabels: {{app: llama}}
+  template:
+    metadata:
+      labels: {{app: llama}}
+    spec:
+      containers:
+        - name: {APP_CONTAINER}
+          image: vllm/vllm-openai:v0.8.5
+          ports:
+            - {{name: http, containerPort: 8000}}
+          resources:
+            limits: {{nvidia.com/gpu: "1"}}
+"""
+
+
+def documented_paths(root):
+    """Directories named by `kubectl kustomize DIR` / `kubectl apply -k DIR`
+    in deploy/README.md and in the comments under deploy/kubernetes."""
+    texts = [(root / "deploy/README.md").read_text()]
+    texts += [f.read_text() for f in sorted((root / "deploy/kubernetes").rglob("*.yaml"))]
+    found = set()
+    for text in texts:
+        for m in re.finditer(r"kubectl (?:kustomize|apply -k) (deploy/\S+)", text):
+            found.add(m.group(1).rstrip("`.,)"))
+    return sorted(found)
+
+
+def readme_kustomizations(root):
+    """The ```yaml blocks of deploy/README.md that are Kustomizations, as
+    (first comment line, text)."""
+    text = (root / "deploy/README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    return [(b.splitlines()[0], b) for b in blocks
+            if re.search(r"^kind: Kustomization$", b, re.M)]
+
+
+def set_names(component_dir, deployment, container):
+    """Edits the two marked names of a copy of the component (None: leave)."""
+    path = component_dir / "sidecar.yaml"
+    text = path.read_text()
+    expect(DEPLOYMENT_NAME.search(text) and CONTAINER_NAME.search(text),
+           f"{COMPONENT}/sidecar.yaml no longer marks the Deployment name "
+           "'(1)' and the container name '(2)'")
+    if deployment:
+        text = DEPLOYMENT_NAME.sub(rf"\g<1>{deployment}\g<3>", text, count=1)
+    if container:
+        text = CONTAINER_NAME.sub(rf"\g<1>{container}\g<3>", text, count=1)
+    path.write_text(text)
+
+
+def build_recipe(root, tmp, header, block, deployment, container):
+    """Lays out the README recipe `block` under tmp as a user would; the
+    directory to render."""
+    m = re.match(r"#\s*(\S+)/kustomization\.yaml", header)
+    expect(m, f"deploy/README.md: a kustomize example starts {header!r}; "
+           "begin it with `# DIR/kustomization.yaml` so the test can lay it out")
+    kvgate = tmp / "kvgate"
+    shutil.copytree(root / "deploy", kvgate / "deploy")
+    here = tmp / m.group(1)
+    here.mkdir()
+    block = block.replace("<kvgate>", "../kvgate")
+    doc = yaml.safe_load(block)
+    for r in doc.get("resources", []):
+        if r.startswith("../kvgate/"):
+            continue
+        expect(r == "../app", f"deploy/README.md recipe {header}: resource "
+               f"{r} is neither kvgate's nor the user's app (../app)")
+        (tmp / "app").mkdir()
+        (tmp / "app/deployment.yaml").write_text(APP)
+        (tmp / "app/kustomization.yaml").write_text(
+            "resources:\n  - deployment.yaml\n")
+    for c in doc.get("components", []):
+        expect("/" not in c, f"deploy/README.md recipe {header}: component "
+               f"{c} should be a copy beside the overlay")
+        shutil.copytree(root / COMPONENT, here / c)
+        set_names(here / c, deployment, container)
+    for gen in doc.get("configMapGenerator", []):
+        for f in gen.get("files", []):
+            shutil.copy(root / "deploy/kubernetes/base" / os.path.basename(f),
+                        here / f)
+    (here / "kustomization.yaml").write_text(block)
+    return here
+
+
+def kustomize_fails(kubectl, directory):
+    proc = subprocess.run([kubectl, "kustomize", str(directory)],
+                          capture_output=True, text=True, timeout=120)
+    m = re.search(r"no resource matches[^;]*", proc.stderr)
+    return proc.returncode != 0, (m.group(0).replace("\\", "") if m else
+                                  proc.stderr.strip()[-300:])
+
+
+def overlay_patches(root):
+    """The ```yaml blocks of deploy/README.md that are patches for an
+    overlay (first line `# in your overlay: patches: [{path: FILE}]`), as
+    (file name, text)."""
+    text = (root / "deploy/README.md").read_text()
+    return re.findall(r"```yaml\n# in your overlay: patches: \[\{path: (\S+)\}\]"
+                      r"\n(.*?)```", text, re.S)
+
+
+def check_overlay_patch(root, kubectl, kvgated, name, block):
+    """Applies a documented patch to a copy of the vllm overlay; the render
+    passes the checks and has the patch's volumes as the patch says."""
+    where = f"deploy/README.md patch {name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(root / "deploy", pathlib.Path(tmp) / "deploy")
+        overlay = pathlib.Path(tmp) / "deploy/kubernetes/overlays/vllm"
+        (overlay / name).write_text(block)
+        with open(overlay / "kustomization.yaml", "a") as f:
+            f.write(f"patches:\n  - path: {name}\n")
+        docs = render(kubectl, overlay)
+    check_deployments(docs, where, kvgated)
+    patch = yaml.safe_load(block)
+    deployment = [d for d in by_kind(docs, "Deployment")
+                  if d["metadata"]["name"] == patch["metadata"]["name"]]
+    expect(deployment, f"{where}: no Deployment {patch['metadata']['name']}")
+    volumes = {v["name"]: v for v in
+               deployment[0]["spec"]["template"]["spec"].get("volumes", [])}
+    for want in patch["spec"]["template"]["spec"].get("volumes", []):
+        got = volumes.get(want["name"], {})
+        for key, value in want.items():
+            expect(got.get(key) == value if value is not None else key not in got,
+                   f"{where}: volume {want['name']} renders as {got}, the "
+                   f"patch sets {key}: {value}")
+    print(f"{where} on overlays/vllm: {len(docs)} resources, checked; "
+          "its volumes render as written")
+
+
+def check_recipes(root, kvgated):
+    kubectl = find_kubectl()
+    if kubectl is None:
+        print("SKIP: kubectl not found; the recipes were NOT rendered")
+        return SKIP
+    paths = documented_paths(root)
+    expect(paths, "found no `kubectl kustomize` / `kubectl apply -k` in the docs")
+    for path in paths:
+        expect((root / path / "kustomization.yaml").exists(),
+               f"the docs render {path}, which has no kustomization.yaml")
+        docs = render(kubectl, root / path)
+        if by_kind(docs, "Deployment"):
+            check_deployments(docs, path, kvgated)
+        print(f"documented `kubectl kustomize {path}`: {len(docs)} resources, "
+              "checked")
+    for name, block in overlay_patches(root):
+        check_overlay_patch(root, kubectl, kvgated, name, block)
+    blocks = readme_kustomizations(root)
+    expect(blocks, "deploy/README.md has no kustomize example")
+    for header, block in blocks:
+        where = f"deploy/README.md {header.lstrip('# ')}"
+        with tempfile.TemporaryDirectory() as tmp:
+            d = build_recipe(root, pathlib.Path(tmp), header, block,
+                             APP_DEPLOYMENT, APP_CONTAINER)
+            docs = render(kubectl, d)
+            check_deployments(docs, where, kvgated)
+            print(f"{where}, both names set: {len(docs)} resources, checked")
+        # The mistakes: each must be caught, by kustomize where it can be.
+        mistakes = [
+            ("both names left as shipped", None, None, True),
+            ("only the container name set", None, APP_CONTAINER, True),
+            ("only the Deployment name set", APP_DEPLOYMENT, None, False),
+        ]
+        for what, deployment, container, loud in mistakes:
+            with tempfile.TemporaryDirectory() as tmp:
+                d = build_recipe(root, pathlib.Path(tmp), header, block,
+                                 deployment, container)
+                failed, last = kustomize_fails(kubectl, d)
+                if failed:
+                    print(f"{where}, {what}: kubectl kustomize fails: {last}")
+                    continue
+                expect(not loud, f"{where}, {what}: kubectl kustomize exits "
+                       "0; it should fail loudly")
+                try:
+                    check_deployments(render(kubectl, d), where, kvgated)
+                except CheckError as e:
+                    print(f"{where}, {what}: kustomize renders it, the check "
+                          f"catches it: {e}")
+                    continue
+                raise CheckError(f"{where}, {what}: rendered and passed the "
+                                 "checks; the mistake went unnoticed")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The runbook: where the alerts' runbook_url points, and the names it uses.
+
+RULE_FILES = ("deploy/prometheus/kvgate-rules.yaml",
+              "deploy/prometheus/prometheusrule.yaml")
+
+
+def github_anchors(markdown):
+    """The anchors GitHub gives a Markdown file's headings."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def rule_alerts(doc):
+    groups = doc.get("groups") or doc.get("spec", {}).get("groups", [])
+    for group in groups:
+        for rule in group.get("rules", []):
+            if "alert" in rule:
+                yield rule
+
+
+def runbook_names(text):
+    """(containers, ports) the runbook names: `-c NAME`, `--container=NAME`,
+    "the `NAME` container", "container `NAME`", "port `NAME`"."""
+    containers = set(re.findall(r"(?:\s-c|--container[= ])\s*([\w.-]+)", text))
+    containers |= set(re.findall(r"the `([\w.-]+)` container", text))
+    containers |= set(re.findall(r"container `([\w.-]+)`", text))
+    ports = set(re.findall(r"\bport `([\w.-]+)`", text))
+    return containers, ports
+
+
+def check_runbook_names(text, docs, where):
+    containers, ports = set(), set()
+    for d in by_kind(docs, "Deployment"):
+        spec = d["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            containers.add(c["name"])
+            ports |= {p["name"] for p in c.get("ports", []) if "name" in p}
+    named_containers, named_ports = runbook_names(text)
+    expect(named_containers and named_ports,
+           f"{where}: names no container or no port")
+    bad = sorted(named_containers - containers)
+    expect(not bad, f"{where} names container(s) {bad}; the rendered "
+           f"manifests have {sorted(containers)}")
+    bad = sorted(named_ports - ports)
+    expect(not bad, f"{where} names port(s) {bad}; the rendered manifests "
+           f"have {sorted(ports)}")
+    return named_containers, named_ports
+
+
+def check_runbook(root, _):
+    checked = 0
+    for rule_file in RULE_FILES:
+        doc = yaml.safe_load((root / rule_file).read_text())
+        for rule in rule_alerts(doc):
+            alert = rule["alert"]
+            url = rule.get("annotations", {}).get("runbook_url")
+            expect(url, f"{rule_file}: alert {alert} has no runbook_url")
+            expect("#" in url and "://" not in url,
+                   f"{rule_file}: {alert}'s runbook_url {url} is not a "
+                   "repository path with an anchor (docs/runbook.md#...)")
+            path, anchor = url.split("#", 1)
+            target = root / path
+            expect(target.is_file(), f"{rule_file}: {alert}'s runbook_url "
+                   f"{url}: no file {path} in the repository")
+            expect(anchor in github_anchors(target.read_text()),
+                   f"{rule_file}: {alert}'s runbook_url {url}: {path} has "
+                   f"no heading with anchor #{anchor}")
+            checked += 1
+    print(f"runbook_url: {checked} alerts in {len(RULE_FILES)} rule files, "
+          "each a file and heading of the repository")
+    kubectl = find_kubectl()
+    if kubectl is None:
+        print("SKIP: kubectl not found; the runbook's container and port "
+              "names were NOT checked against the rendered manifests")
+        return SKIP
+    docs = []
+    for overlay in overlays(root):
+        docs += render(kubectl, overlay)
+    runbook = root / "docs/runbook.md"
+    containers, ports = check_runbook_names(runbook.read_text(), docs,
+                                            "docs/runbook.md")
+    print(f"docs/runbook.md names containers {sorted(containers)} and ports "
+          f"{sorted(ports)}: all in the rendered manifests")
     return 0
 
 
@@ -408,6 +861,8 @@ def check_dockerfile(root, kvgated):
 
 CHECKS = {
     "render": check_render,
+    "recipes": check_recipes,
+    "runbook": check_runbook,
     "config": check_config,
     "lint": check_lint,
     "dockerfile": check_dockerfile,
@@ -422,7 +877,7 @@ def main(argv):
         print(__doc__)
         return 2
     root = pathlib.Path(args[0]).resolve()
-    if args[1] in ("render", "config", "dockerfile") and not kvgated:
+    if args[1] in ("render", "recipes", "config", "dockerfile") and not kvgated:
         print(f"{args[1]} needs --kvgated=PATH")
         return 2
     try:
