@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "grpcpp/grpcpp.h"
 #include "kvgate/v1/admission.grpc.pb.h"
+#include "tools/cli_client_flags.h"
 #include "tools/cli_flags.h"
 #include "tools/cli_output.h"
 #include "tools/commands.h"
@@ -22,37 +23,31 @@ namespace {
 
 using kvgate::v1::Admission;
 
-constexpr char kDefaultAddress[] = "unix:/tmp/kvgate.sock";
-
-struct ClientFlags {
-  std::string address = kDefaultAddress;
-  double timeout_seconds = 30;
-  bool json = false;
-  void Register(FlagSet& flags) {
-    flags.AddString("address", &address,
-                    "kvgated address: unix:/path or host:port");
-    flags.AddDouble("timeout", &timeout_seconds, "RPC deadline in seconds");
-    flags.AddBool("json", &json, "print one JSON object");
-  }
-  std::unique_ptr<Admission::Stub> Connect() const {
-    return Admission::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  }
-  void Arm(grpc::ClientContext& context) const {
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(
-                             static_cast<int64_t>(timeout_seconds * 1000)));
-  }
-};
-
-// One line on stderr for a failed RPC; exit 1 (the operation failed).
+// One line on stderr for a failed RPC; exit 1 (the operation failed). A
+// refusal by kvgated's auth says which setting gives the credentials.
 int RpcFailed(const std::string& command, const grpc::Status& status) {
-  std::cerr << "kvgate " << command << ": error: "
-            << (status.error_code() == grpc::StatusCode::UNAVAILABLE
-                    ? "kvgated unavailable: "
-                    : "")
+  std::string prefix;
+  std::string hint;
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      prefix = "kvgated unavailable: ";
+      break;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      prefix = "kvgated refused the call (UNAUTHENTICATED): ";
+      hint =
+          "; give a token with --token-file or KVGATE_TOKEN_FILE, or a client "
+          "certificate with --tls-cert-file and --tls-key-file";
+      break;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      prefix = "kvgated refused the call (PERMISSION_DENIED): ";
+      break;
+    default:
+      break;
+  }
+  std::cerr << "kvgate " << command << ": error: " << prefix
             << status.error_message() << " (gRPC code "
-            << static_cast<int>(status.error_code()) << ")" << std::endl;
+            << static_cast<int>(status.error_code()) << ")" << hint
+            << std::endl;
   return kExitFailure;
 }
 
@@ -67,8 +62,9 @@ double Seconds(const google::protobuf::Duration& d) {
   return static_cast<double>(d.seconds()) + d.nanos() / 1e9;
 }
 
-// Parses flags; returns -1 to continue, else the exit code.
-int ParseFlags(const std::string& command, FlagSet& flags,
+// Parses flags and loads the client's token and TLS files; returns -1 to
+// continue, else the exit code.
+int ParseFlags(const std::string& command, FlagSet& flags, ClientFlags& client,
                const CommandArgs& args) {
   if (absl::Status s = flags.Parse(args); !s.ok()) {
     return FailUsage(command, s);
@@ -77,6 +73,7 @@ int ParseFlags(const std::string& command, FlagSet& flags,
     std::cout << flags.Usage();
     return kExitOk;
   }
+  if (absl::Status s = client.Load(); !s.ok()) return FailUsage(command, s);
   return -1;
 }
 
@@ -173,7 +170,7 @@ int RunAdmitCommand(const CommandArgs& args) {
                   "most generated tokens per sequence");
   flags.AddDouble("max-queue-wait", &max_queue_wait,
                   "longest wait in the queue in seconds (0: server default)");
-  if (int rc = ParseFlags("admit", flags, args); rc >= 0) return rc;
+  if (int rc = ParseFlags("admit", flags, client, args); rc >= 0) return rc;
   absl::StatusOr<kvgate::v1::Priority> p = ParsePriority(priority);
   if (!p.ok()) return FailUsage("admit", p.status());
   if (batch == 0 || batch > 100000 || prompt_tokens > UINT32_MAX ||
@@ -210,7 +207,7 @@ int RunReleaseCommand(const CommandArgs& args) {
   FlagSet flags("release", "Release a lease (idempotent).");
   client.Register(flags);
   flags.AddString("lease-id", &lease_id, "the lease from `kvgate admit`");
-  if (int rc = ParseFlags("release", flags, args); rc >= 0) return rc;
+  if (int rc = ParseFlags("release", flags, client, args); rc >= 0) return rc;
   if (lease_id.empty()) {
     return FailUsage("release",
                      absl::InvalidArgumentError("--lease-id is required"));
@@ -236,7 +233,7 @@ int RunRenewCommand(const CommandArgs& args) {
   FlagSet flags("renew", "Extend a live lease by the server's lease TTL.");
   client.Register(flags);
   flags.AddString("lease-id", &lease_id, "the lease from `kvgate admit`");
-  if (int rc = ParseFlags("renew", flags, args); rc >= 0) return rc;
+  if (int rc = ParseFlags("renew", flags, client, args); rc >= 0) return rc;
   if (lease_id.empty()) {
     return FailUsage("renew",
                      absl::InvalidArgumentError("--lease-id is required"));
@@ -263,7 +260,7 @@ int RunBudgetCommand(const CommandArgs& args) {
   FlagSet flags("budget", "Show a model pool's memory budget.");
   client.Register(flags);
   flags.AddString("model", &model, "model name as configured in kvgated");
-  if (int rc = ParseFlags("budget", flags, args); rc >= 0) return rc;
+  if (int rc = ParseFlags("budget", flags, client, args); rc >= 0) return rc;
   kvgate::v1::GetBudgetRequest request;
   request.set_model(model);
   kvgate::v1::Budget response;
@@ -435,7 +432,7 @@ int RunDemoCommand(const CommandArgs& args) {
   FlagSet flags("demo", "Run a short demonstration load against kvgated.");
   client.Register(flags);
   flags.AddString("model", &model, "model name as configured in kvgated");
-  if (int rc = ParseFlags("demo", flags, args); rc >= 0) return rc;
+  if (int rc = ParseFlags("demo", flags, client, args); rc >= 0) return rc;
   DemoClient demo(client, model);
 
   kvgate::v1::Budget b;

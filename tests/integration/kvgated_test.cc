@@ -143,11 +143,15 @@ TEST_F(KvgatedTest, QueueSettingsFromTheConfigFileApply) {
 // ---------------------------------------------------------------------------
 // The kvgate CLI's client subcommands against the real server.
 
-// Runs the kvgate CLI with `args`; its exit code and output.
-KvgatedProcess::Exit RunCli(std::vector<std::string> args) {
+// Runs the kvgate CLI with `args` and `env` (on top of the test's own
+// environment); its exit code and output.
+KvgatedProcess::Exit RunCli(
+    std::vector<std::string> args,
+    std::vector<std::pair<std::string, std::string>> env = {}) {
   KvgatedProcess::Options options;
   options.binary = KVGATE_CLI_PATH;
   options.args = std::move(args);
+  options.env = std::move(env);
   absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
   EXPECT_TRUE(exit.ok()) << exit.status();
   return exit.ok() ? *std::move(exit) : KvgatedProcess::Exit{};
@@ -220,6 +224,33 @@ TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
     EXPECT_THAT(lines[0], HasSubstr(c.says));
   }
   EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
+}
+
+TEST_F(KvgatedTest, CliReadsTheAddressFromKvgateAddress) {
+  StartServer(PoolConfig(shape().CapacityFor(2)));
+  const KvgatedProcess::Exit budget =
+      RunCli({"budget", absl::StrCat("--model=", kModel), "--json"},
+             {{"KVGATE_ADDRESS", server_->address()}});
+  ASSERT_EQ(budget.code, 0) << budget.stderr_text;
+  EXPECT_EQ(nlohmann::json::parse(budget.stdout_text)["capacity_bytes"]
+                .get<uint64_t>(),
+            GetBudget().capacity_bytes());
+}
+
+TEST_F(KvgatedTest, CliAddressFlagWinsOverKvgateAddress) {
+  StartServer(PoolConfig(shape().CapacityFor(2)));
+  const std::string nobody = UniqueUnixAddress("nobody-listens");
+  const KvgatedProcess::Exit flag_wins =
+      RunCli({"budget", "--address=" + server_->address(),
+              absl::StrCat("--model=", kModel), "--json"},
+             {{"KVGATE_ADDRESS", nobody}});
+  EXPECT_EQ(flag_wins.code, 0) << flag_wins.stderr_text;
+  // And the variable is really read: alone, it names where nobody listens.
+  const KvgatedProcess::Exit env_only =
+      RunCli({"budget", absl::StrCat("--model=", kModel), "--timeout=2"},
+             {{"KVGATE_ADDRESS", nobody}});
+  EXPECT_EQ(env_only.code, 1);
+  EXPECT_THAT(env_only.stderr_text, HasSubstr("unavailable"));
 }
 
 // ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 // mutual TLS on TCP (certificates made by the `openssl` command at run time),
 // caller authentication by bearer token (from token files) and client
 // certificate, message and batch size limits from the config, and a /metrics
-// scrape that must not reveal request ids, tenants, tokens or lease ids. The
+// scrape that must not reveal request ids, tenants, tokens or lease ids, and
+// the `kvgate` CLI as a client of such a kvgated (token file, TLS). The
 // CRITICAL rule (an identity without allow_critical is served STANDARD) is
 // tested in-process, tests/plugin/server/admission_service_test.cc.
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -423,6 +425,108 @@ TEST_F(SecurityTest, TokenIsRequiredWhenAuthIsOn) {
             grpc::StatusCode::UNAUTHENTICATED);
   // Health stays open for probes.
   EXPECT_EQ(*HealthCheck(server_->NewChannel(), ""), 1);
+}
+
+// --- The kvgate CLI as a client -------------------------------------------
+
+// Runs the kvgate CLI with `args` and `env` on top of the test's own.
+KvgatedProcess::Exit RunCli(
+    std::vector<std::string> args,
+    std::vector<std::pair<std::string, std::string>> env = {}) {
+  KvgatedProcess::Options options;
+  options.binary = KVGATE_CLI_PATH;
+  options.args = std::move(args);
+  options.env = std::move(env);
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  EXPECT_TRUE(exit.ok()) << exit.status();
+  return exit.ok() ? *std::move(exit) : KvgatedProcess::Exit{};
+}
+
+// The lines of a CLI's stderr.
+std::vector<std::string> ErrorLines(const KvgatedProcess::Exit& exit) {
+  return absl::StrSplit(exit.stderr_text, '\n', absl::SkipEmpty());
+}
+
+TEST_F(SecurityTest, CliBudgetSendsTheTokenOfTokenFile) {
+  StartUnix(OneRequestPool(TokensConfig()));
+  const std::vector<std::string> budget = {
+      "budget", "--address=" + server_->address(),
+      absl::StrCat("--model=", kModel), "--json"};
+
+  std::vector<std::string> with_token = budget;
+  with_token.push_back("--token-file=" + TokenFile(kPlainToken));
+  const KvgatedProcess::Exit ok = RunCli(with_token);
+  ASSERT_EQ(ok.code, 0) << ok.stderr_text;
+  EXPECT_THAT(ok.stdout_text, HasSubstr("\"capacity_bytes\""));
+
+  // Without: one line that says what was refused and what to pass.
+  const KvgatedProcess::Exit refused = RunCli(budget);
+  EXPECT_EQ(refused.code, 1);
+  EXPECT_EQ(refused.stdout_text, "");
+  const std::vector<std::string> lines = ErrorLines(refused);
+  ASSERT_EQ(lines.size(), 1u) << refused.stderr_text;
+  EXPECT_THAT(lines[0], HasSubstr("UNAUTHENTICATED"));
+  EXPECT_THAT(lines[0], HasSubstr("--token-file"));
+}
+
+TEST_F(SecurityTest, CliTakesTheTokenFileFromKvgateTokenFile) {
+  StartUnix(OneRequestPool(TokensConfig()));
+  const KvgatedProcess::Exit admit =
+      RunCli({"admit", "--address=" + server_->address(),
+              absl::StrCat("--model=", kModel), "--json",
+              absl::StrCat("--prompt-tokens=", kPromptTokens),
+              absl::StrCat("--max-new-tokens=", kMaxNewTokens)},
+             {{"KVGATE_TOKEN_FILE", TokenFile(kCriticalToken)}});
+  ASSERT_EQ(admit.code, 0) << admit.stderr_text;
+  // Admitted, so the token was sent (without one: UNAUTHENTICATED).
+  EXPECT_THAT(admit.stdout_text, HasSubstr("\"ADMITTED\""));
+}
+
+TEST_F(SecurityTest, CliUnreadableTokenFileIsOneUsageLine) {
+  StartUnix(OneRequestPool(TokensConfig()));
+  const KvgatedProcess::Exit exit =
+      RunCli({"budget", "--address=" + server_->address(),
+              "--token-file=/nonexistent/kvgate.token"});
+  EXPECT_EQ(exit.code, 2);
+  const std::vector<std::string> lines = ErrorLines(exit);
+  ASSERT_EQ(lines.size(), 1u) << exit.stderr_text;
+  EXPECT_THAT(lines[0], HasSubstr("/nonexistent/kvgate.token"));
+}
+
+TEST_F(SecurityTest, CliSpeaksMutualTlsWithItsCaCertificateAndKey) {
+  StartTls(OneRequestPool(""), As("client-a"), MutualTlsFields());
+  const std::vector<std::string> budget = {
+      "budget",
+      "--address=" + tcp_address_,
+      absl::StrCat("--model=", kModel),
+      "--json",
+      "--timeout=3",
+      "--tls-ca-file=" + pki_->Path("test-ca.pem")};
+  std::vector<std::string> mutual = budget;
+  mutual.push_back("--tls-cert-file=" + pki_->Path("client-a.pem"));
+  mutual.push_back("--tls-key-file=" + pki_->Path("client-a.key"));
+  const KvgatedProcess::Exit ok = RunCli(mutual);
+  ASSERT_EQ(ok.code, 0) << ok.stderr_text;
+  EXPECT_THAT(ok.stdout_text, HasSubstr("\"capacity_bytes\""));
+
+  // The same files from the environment.
+  const KvgatedProcess::Exit from_env =
+      RunCli({"budget", "--address=" + tcp_address_,
+              absl::StrCat("--model=", kModel), "--json"},
+             {{"KVGATE_TLS_CA_FILE", pki_->Path("test-ca.pem")},
+              {"KVGATE_TLS_CERT_FILE", pki_->Path("client-b.pem")},
+              {"KVGATE_TLS_KEY_FILE", pki_->Path("client-b.key")}});
+  ASSERT_EQ(from_env.code, 0) << from_env.stderr_text;
+
+  // No client certificate: the handshake fails, in one line.
+  const KvgatedProcess::Exit refused = RunCli(budget);
+  EXPECT_EQ(refused.code, 1);
+  EXPECT_EQ(ErrorLines(refused).size(), 1u) << refused.stderr_text;
+  // Plaintext to a TLS port fails too.
+  EXPECT_EQ(RunCli({"budget", "--address=" + tcp_address_,
+                    absl::StrCat("--model=", kModel), "--timeout=2"})
+                .code,
+            1);
 }
 
 // --- Size limits ---------------------------------------------------------

@@ -5,11 +5,5 @@
   OpenAI-compatible server (``vllm serve ... --middleware
   kvgate.vllm.KvgateMiddleware``).
 - ``kvgate.v1``: the gRPC stubs, generated from proto/kvgate/v1/admission.proto
-  when the package is built (CMake target ``kvgate_python`` or ``pip install``).
+  and checked in (refreshed by clients/python/tools/generate_stubs.py).
 """
-
-import pkgutil
-
-# In a source checkout the generated kvgate/v1 lives in the build tree, not
-# next to this file: look for "kvgate" directories all along sys.path.
-__path__ = pkgutil.extend_path(__path__, __name__)

@@ -19,7 +19,18 @@ KVGATE_TOKEN_COUNT_HEADER   x-kvgate-prompt-tokens  header with the request's pr
 KVGATE_TENANT_HEADER        x-kvgate-tenant         header naming the tenant for fairness
 KVGATE_PRIORITY_HEADER      x-kvgate-priority       header: critical, standard or sheddable
 KVGATE_RENEW_INTERVAL_S     60                      renew the lease this often while a response runs
+KVGATE_TOKEN_FILE           (unset)                 file holding the bearer token for kvgated's auth.tokens
+KVGATE_TLS                  false                   TLS to kvgated (implied by the files below)
+KVGATE_TLS_CA_FILE          (system roots)          PEM CA bundle kvgated's certificate must chain to
+KVGATE_TLS_CERT_FILE        (unset)                 PEM client certificate, for mutual TLS
+KVGATE_TLS_KEY_FILE         (unset)                 PEM key of KVGATE_TLS_CERT_FILE
+KVGATE_TLS_SERVER_NAME      (the address's host)    name kvgated's certificate must carry
 ==========================  ======================  ==========================================
+
+KVGATE_FAIL_OPEN covers transport failures only (kvgated unreachable,
+connection refused, no connection by the deadline): an answer from kvgated
+that refuses the middleware (UNAUTHENTICATED, PERMISSION_DENIED), a failed
+TLS handshake or any other error is never forwarded ungated.
 
 Requests are sized by kvgate.openai_request's rules (the Envoy ext_proc
 gate's too): without a max, chat gets max_model_len - prompt and legacy
@@ -66,6 +77,13 @@ class Settings:
     tenant_header: str = "x-kvgate-tenant"
     priority_header: str = "x-kvgate-priority"
     renew_interval_s: float = 60.0
+    # Credentials for kvgated (kvgate.client.Credentials.load reads them).
+    token_file: Optional[str] = None
+    tls: bool = False
+    tls_ca_file: Optional[str] = None
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    tls_server_name: Optional[str] = None
 
     def __post_init__(self):
         if self.timeout_s <= 0:
@@ -85,6 +103,9 @@ class Settings:
         if self.renew_interval_s <= 0:
             raise ValueError(
                 f"KVGATE_RENEW_INTERVAL_S must be > 0, got {self.renew_interval_s}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("KVGATE_TLS_CERT_FILE and KVGATE_TLS_KEY_FILE go "
+                             "together (mutual TLS)")
 
     @property
     def queue_wait_s(self) -> float:
@@ -118,6 +139,12 @@ class Settings:
             priority_header=_header(env, "KVGATE_PRIORITY_HEADER", d.priority_header),
             renew_interval_s=_number(env, "KVGATE_RENEW_INTERVAL_S", float,
                                      d.renew_interval_s),
+            token_file=env.get("KVGATE_TOKEN_FILE") or None,
+            tls=_bool(env, "KVGATE_TLS", d.tls),
+            tls_ca_file=env.get("KVGATE_TLS_CA_FILE") or None,
+            tls_cert_file=env.get("KVGATE_TLS_CERT_FILE") or None,
+            tls_key_file=env.get("KVGATE_TLS_KEY_FILE") or None,
+            tls_server_name=env.get("KVGATE_TLS_SERVER_NAME") or None,
         )
 
 

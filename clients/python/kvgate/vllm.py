@@ -18,8 +18,13 @@ app:
 - REJECTED: 429 with Retry-After (QUEUE_TIMEOUT, QUEUE_FULL, SHED), 503 with
   Retry-After (MEMORY_PRESSURE, DRAINING, or kvgated not ready), or 400 for a
   request that can never fit; the body is an OpenAI-style error object.
-- kvgated unreachable: forwarded without a lease (KVGATE_FAIL_OPEN=true) or
-  answered 503 (the default).
+- kvgated unreachable (a transport failure: no connection, connection
+  refused, no connection by the deadline): forwarded without a lease
+  (KVGATE_FAIL_OPEN=true) or answered 503 (the default).
+- kvgated refuses the middleware (UNAUTHENTICATED, PERMISSION_DENIED) or the
+  TLS handshake fails: 500, and any other gRPC error 502, whatever
+  KVGATE_FAIL_OPEN says: these are configuration errors that forwarding
+  would hide. The real cause is logged and in the error body.
 - Bad JSON or fields, or prompt + max tokens over KVGATE_MAX_MODEL_LEN: 400;
   a model kvgated does not serve: 404.
 - A request without a max is sized by the engine's rule (kvgate.openai_request);
@@ -40,7 +45,7 @@ from typing import Optional
 import grpc
 
 from kvgate import openai_request
-from kvgate.client import PRIORITIES, KvgateClient
+from kvgate.client import PRIORITIES, Credentials, KvgateClient
 from kvgate.settings import Settings
 from kvgate.v1 import admission_pb2
 
@@ -74,6 +79,12 @@ class KvgateMiddleware:
     def __init__(self, app, settings: Optional[Settings] = None):
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env()
+        s = self.settings
+        # Read now, so that a missing token or certificate fails at start-up.
+        self._credentials = Credentials.load(
+            token_file=s.token_file, tls=s.tls, tls_ca_file=s.tls_ca_file,
+            tls_cert_file=s.tls_cert_file, tls_key_file=s.tls_key_file,
+            tls_server_name=s.tls_server_name)
         self._client: Optional[KvgateClient] = None
         self._client_loop = None
 
@@ -81,7 +92,8 @@ class KvgateMiddleware:
         # grpc.aio channels belong to one event loop.
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
-            self._client = KvgateClient(self.settings.address)
+            self._client = KvgateClient(self.settings.address,
+                                        credentials=self._credentials)
             self._client_loop = loop
         return self._client
 
@@ -179,6 +191,7 @@ class KvgateMiddleware:
     async def _on_rpc_error(self, error, scope, request, send):
         code = error.code()
         detail = error.details() or code.name
+        address = self.settings.address
         if code == grpc.StatusCode.NOT_FOUND:
             await send_error(send, 404, f"kvgate: {detail}", "invalid_request_error",
                              "model_not_found", param="model")
@@ -188,16 +201,30 @@ class KvgateMiddleware:
         elif code == grpc.StatusCode.UNAVAILABLE and _is_not_ready(detail):
             await send_error(send, 503, f"kvgate is not ready: {detail}",
                              "service_unavailable", "not_ready", retry_after=1)
-        elif self.settings.fail_open:
-            _log.warning("kvgated at %s unreachable (%s: %s); forwarding without "
-                         "admission", self.settings.address, code.name, detail)
-            await self.app(scope, request.receive, send)
+        elif code in _REFUSALS or _is_tls_failure(code, detail):
+            # Never forwarded: kvgated is there and refuses us, which only a
+            # configuration change fixes.
+            what, fix, error_code = _REFUSALS.get(code, _TLS_REFUSAL)
+            _log.error("kvgated at %s refused the middleware (%s: %s); %s; "
+                       "answering 500", address, code.name, detail, fix)
+            await send_error(send, 500, f"kvgate: {what} ({code.name}: {detail}); "
+                             f"{fix}", "api_error", error_code)
+        elif _is_transport_failure(code, detail, self._kvgate()):
+            if self.settings.fail_open:
+                _log.warning("kvgated at %s unreachable (%s: %s); forwarding "
+                             "without admission", address, code.name, detail)
+                await self.app(scope, request.receive, send)
+            else:
+                _log.warning("kvgated at %s unreachable (%s: %s); answering 503",
+                             address, code.name, detail)
+                await send_error(send, 503, f"kvgate is unavailable ({code.name})",
+                                 "service_unavailable", "kvgate_unavailable",
+                                 retry_after=1)
         else:
-            _log.warning("kvgated at %s unreachable (%s: %s); answering 503",
-                         self.settings.address, code.name, detail)
-            await send_error(send, 503, f"kvgate is unavailable ({code.name})",
-                             "service_unavailable", "kvgate_unavailable",
-                             retry_after=1)
+            _log.error("kvgated at %s answered %s: %s; answering 502", address,
+                       code.name, detail)
+            await send_error(send, 502, f"kvgate: kvgated answered {code.name}: "
+                             f"{detail}", "api_error", "kvgate_error")
 
     async def _serve(self, scope, request, send, answer):
         lease = _Lease(self._kvgate(), answer.lease_id, self.settings.renew_interval_s)
@@ -328,6 +355,46 @@ def _with_content_length(scope, length):
 def _headers(scope):
     return {k.decode("latin-1").lower(): v.decode("latin-1")
             for k, v in scope.get("headers", [])}
+
+
+# kvgated's refusals of the middleware itself: (what, how to fix, error code).
+_REFUSALS = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "kvgated refused the middleware's credentials",
+        "set KVGATE_TOKEN_FILE to a token of kvgated's auth.tokens (or a client "
+        "certificate with KVGATE_TLS_CERT_FILE and KVGATE_TLS_KEY_FILE)",
+        "kvgate_unauthenticated"),
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "kvgated denied the middleware",
+        "check the identity kvgated's auth gives KVGATE_TOKEN_FILE's token",
+        "kvgate_permission_denied"),
+}
+_TLS_REFUSAL = (
+    "the TLS handshake with kvgated failed",
+    "check KVGATE_TLS_CA_FILE, KVGATE_TLS_CERT_FILE, KVGATE_TLS_KEY_FILE and "
+    "KVGATE_TLS_SERVER_NAME against kvgated's tls block",
+    "kvgate_tls_failed")
+
+
+def _is_tls_failure(code, detail: str) -> bool:
+    # gRPC reports a failed handshake as UNAVAILABLE, like a refused
+    # connection, with the handshake's error in the details ("Ssl handshake
+    # failed: ... CERTIFICATE_VERIFY_FAILED").
+    lowered = detail.lower()
+    return code == grpc.StatusCode.UNAVAILABLE and (
+        "handshake" in lowered or "certificate" in lowered)
+
+
+def _is_transport_failure(code, detail: str, client: KvgateClient) -> bool:
+    """Whether kvgated could not be reached at all: UNAVAILABLE (no
+    connection, connection refused, connection lost), or DEADLINE_EXCEEDED
+    while the channel has no connection. A deadline that passes on a live
+    connection is kvgated's answer (or its silence), not a transport failure."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return not client.connected()
+    return False
 
 
 def _is_not_ready(detail: str) -> bool:
