@@ -48,14 +48,16 @@ uint64_t ExtraActivationIntermediates(absl::string_view hidden_act) {
 
 // Bytes per token of a mixture-of-experts layer while its routed experts
 // run, beyond the resident hidden copies, after transformers'
-// grouped_mm_experts_forward (src/transformers/integrations/moe.py, the
-// default experts implementation on CUDA since transformers 5; the
-// DeepseekV2Moe forward in models/deepseek_v2/modeling_deepseek_v2.py calls
-// it). For S = tokens x top_k routed slots the forward gathers
+// grouped_mm_experts_forward (src/transformers/integrations/moe.py; the
+// DeepseekV2Moe forward in models/deepseek_v2/modeling_deepseek_v2.py
+// dispatches to it through config._experts_implementation). The measured
+// rows fit it and not the eager per-expert loop, whose peak would be a
+// quarter of theirs. For S = tokens x top_k routed slots the forward gathers
 // hidden_states[token_idx] (S x hidden), sorts that by expert into a second
 // copy (S x hidden), runs gate/up as one grouped matmul (S x 2 x moe_inter),
 // gates it (S x moe_inter), runs down (S x hidden) and scales by the routing
-// weights (S x hidden) before un-permuting and summing the top_k slots; every
+// weights (S x hidden, in the compute dtype: an fp32 product would put the
+// peak 16% above the rows) before un-permuting and summing the slots; every
 // one of these is a local of the function, so all are alive when the
 // weighted outputs are written: top_k x (4 x hidden + 3 x moe_inter)
 // elements per token. Routing adds the fp32 router logits (held by the MoE
