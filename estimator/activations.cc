@@ -46,6 +46,53 @@ uint64_t ExtraActivationIntermediates(absl::string_view hidden_act) {
   return 0;
 }
 
+// Bytes per token of a mixture-of-experts layer while its routed experts
+// run, beyond the resident hidden copies, after transformers'
+// grouped_mm_experts_forward (src/transformers/integrations/moe.py; the
+// DeepseekV2Moe forward in models/deepseek_v2/modeling_deepseek_v2.py
+// dispatches to it through config._experts_implementation). The measured
+// rows fit it and not the eager per-expert loop, whose peak would be a
+// quarter of theirs. For S = tokens x top_k routed slots the forward gathers
+// hidden_states[token_idx] (S x hidden), sorts that by expert into a second
+// copy (S x hidden), runs gate/up as one grouped matmul (S x 2 x moe_inter),
+// gates it (S x moe_inter), runs down (S x hidden) and scales by the routing
+// weights (S x hidden, in the compute dtype: an fp32 product would put the
+// peak 16% above the rows) before un-permuting and summing the slots; every
+// one of these is a local of the function, so all are alive when the
+// weighted outputs are written: top_k x (4 x hidden + 3 x moe_inter)
+// elements per token. Routing adds the fp32 router logits (held by the MoE
+// forward), top-k indices (int64) and weights (fp32), and four int64 index
+// vectors of S entries (token_idx, perm, inv_perm, sorted expert ids).
+// Measured: DeepSeek-V2-Lite prefill peaks within 1.1%
+// (docs/calibration/prefill.md). Under TP the gathered hidden-wide tensors
+// stay whole and the expert widths are divided.
+uint64_t RoutedExpertsBytesPerToken(const ModelSpec& s, uint64_t tp,
+                                    uint64_t act) {
+  const uint64_t k = s.experts_per_token;
+  const uint64_t slots_elements =
+      k * (4 * s.hidden_size + 3 * s.moe_intermediate_size / tp);
+  const uint64_t routing = 4 * s.num_experts + k * (8 + 4) + 4 * k * 8;
+  return slots_elements * act + routing;
+}
+
+// Bytes per token of the widest MLP of any layer, beyond the resident hidden
+// copies: a dense MLP's `live` intermediates; for MoE layers the routed
+// experts (above) or, once they have returned, their combined output beside
+// the shared experts' intermediates, whichever is larger.
+uint64_t MlpBytesPerToken(const ModelSpec& s, uint64_t tp, uint64_t act,
+                          uint64_t live) {
+  uint64_t bytes = 0;
+  if (s.num_moe_layers > 0) {
+    const uint64_t shared =
+        (s.hidden_size + live * s.shared_expert_intermediate_size / tp) * act;
+    bytes = std::max(RoutedExpertsBytesPerToken(s, tp, act), shared);
+  }
+  if (s.num_moe_layers < s.num_layers) {
+    bytes = std::max(bytes, live * s.intermediate_size / tp * act);
+  }
+  return bytes;
+}
+
 uint64_t SaturatingMul(uint64_t a, uint64_t b) {
   if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a) {
     return std::numeric_limits<uint64_t>::max();
@@ -102,23 +149,14 @@ ActivationModel::ActivationModel(const ModelSpec& s,
 
   // MLP intermediates: gated holds act(gate), up and their product (3);
   // plain the up projection and its activation (2); chained activations
-  // more. MoE tokens visit experts_per_token experts plus shared experts.
+  // more. MoE layers: see MlpBytesPerToken.
   const uint64_t extra = ExtraActivationIntermediates(s.hidden_act);
   const uint64_t live = s.mlp_kind == MlpKind::kGated
                             ? std::max<uint64_t>(3, 2 + extra)
                             : 2 + extra;
-  uint64_t mlp = 0;
-  if (s.num_moe_layers > 0) {
-    mlp = live *
-          (s.experts_per_token * s.moe_intermediate_size +
-           s.shared_expert_intermediate_size) /
-          tp;
-  }
-  if (s.num_moe_layers < s.num_layers) {
-    mlp = std::max(mlp, live * s.intermediate_size / tp);
-  }
 
-  mlp_bytes_per_token_ = (copies * h + mlp + rotary) * act;
+  mlp_bytes_per_token_ =
+      (copies * h + rotary) * act + MlpBytesPerToken(s, tp, act, live);
   attn_bytes_per_token_ = ((copies - 1) * h + attn + rotary) * act;
   head_bytes_per_token_ = h * act;
   logits_bytes_per_token_ =

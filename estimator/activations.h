@@ -9,7 +9,11 @@
 //    plus the MLP's intermediates (gated: act(gate), up and their product;
 //    plain: the up projection and its activation; an activation written as
 //    a chain of elementwise ops, such as GPT-2's tanh GELU "gelu_new", holds
-//    two more), plus the rotary cos/sin tables.
+//    two more), plus the rotary cos/sin tables. A mixture-of-experts layer
+//    holds, while its routed experts run, top_k x (4 x hidden + 3 x
+//    moe_intermediate) per token (gathered and expert-sorted inputs, gate/up,
+//    the gated product, expert outputs and weighted outputs) plus its routing
+//    tensors, after transformers' grouped_mm experts forward.
 //  - Attention: the hidden-state copies (one fewer: the residual is the
 //    layer's input here), q/k/v, the rotated q/k and the attention output;
 //    for eager attention also fp32 copies of q and of the keys broadcast to
@@ -20,9 +24,9 @@
 //    them, in the logits dtype.
 //
 // Calibrated against H100 prefill peaks of Hugging Face transformers models
-// (docs/calibration/prefill.md): within 6% on every measured row. One engine
-// step runs at a time, so a server reserves the largest peak among active
-// requests, not the sum.
+// (docs/calibration/prefill.md), DeepSeek-V2-Lite (MoE) included: within 6%
+// on every measured row. One engine step runs at a time, so a server reserves
+// the largest peak among active requests, not the sum.
 #ifndef KVGATE_ESTIMATOR_ACTIVATIONS_H_
 #define KVGATE_ESTIMATOR_ACTIVATIONS_H_
 
