@@ -13,6 +13,8 @@ each output token is drawn uniformly at random (the logits are computed and
 discarded), so every request generates exactly max_new_tokens.
 """
 
+import json
+
 import torch
 
 from memory import Ledger
@@ -73,7 +75,10 @@ class TransformersBackend:
             # H100; flash / memory-efficient kernels do not.
             torch.backends.cuda.enable_cudnn_sdp(False)
         torch.manual_seed(seed)
-        config = transformers.AutoConfig.from_pretrained(config_path)
+        with open(config_path) as f:
+            fields = json.load(f)
+        config = transformers.AutoConfig.for_model(fields.pop("model_type"),
+                                                   **fields)
         with torch.device(device):
             self.model = transformers.AutoModelForCausalLM.from_config(
                 config, torch_dtype=dtype, attn_implementation="sdpa")

@@ -44,7 +44,7 @@ MODES = {
     # GPU: the transformers backend, Llama 3 8B's config in bf16, NVML.
     "gpu": dict(backend="transformers",
                 config=os.path.join(HERE, "configs/llama-3-8b/config.json"),
-                model="llama-3-8b", requests=128, prompt=(2048, 8192),
+                model="llama-3-8b", requests=128, prompt=(2048, 7936),
                 output=(64, 256), headroom_bytes=0),
 }
 
