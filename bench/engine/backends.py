@@ -70,7 +70,8 @@ class TransformersBackend:
 
     def __init__(self, config_path: str, device: torch.device, dtype, seed: int):
         import transformers
-        if device.type == "cuda":
+        if device.type == "cuda" and hasattr(torch.backends.cuda,
+                                              "enable_cudnn_sdp"):
             # cuDNN's SDPA was seen to fail under concurrent threads on an
             # H100; flash / memory-efficient kernels do not.
             torch.backends.cuda.enable_cudnn_sdp(False)

@@ -102,7 +102,8 @@ def start_server(children, name, args, mode, limit_bytes, env_extra=None):
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [os.path.join(REPO, "clients/python"), args.python_stubs,
+        filter(None, [os.path.join(REPO, "clients/python"),
+                      os.path.abspath(args.python_stubs),
                       env.get("PYTHONPATH")]))
     env.update(env_extra or {})
     argv = [sys.executable, os.path.join(HERE, "server.py"),
