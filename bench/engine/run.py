@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -243,9 +244,10 @@ def main():
           f"uniform {mode['prompt']}, output tokens uniform {mode['output']}",
           flush=True)
     started = time.time()
-    workdir = tempfile.mkdtemp(prefix="kvgate-engine-")
-    out = args.out or workdir
-    os.makedirs(out, exist_ok=True)
+    out = args.out or tempfile.mkdtemp(prefix="kvgate-engine-")
+    workdir = os.path.join(out, "logs")  # the children's logs
+    os.makedirs(workdir, exist_ok=True)
+    sockets = tempfile.mkdtemp(prefix="kvgate-engine-")  # short unix paths
     children = Children(workdir)
     try:
         limit = overhead = 0
@@ -268,7 +270,7 @@ def main():
         config = os.path.join(workdir, "kvgated.textproto")
         with open(config, "w") as f:
             f.write(kvgated_config(args, mode, limit, overhead))
-        address = f"unix:{workdir}/kvgated.sock"
+        address = f"unix:{sockets}/kvgated.sock"
         kvgated = children.start("kvgated", [args.kvgated, f"--config={config}",
                                              f"--grpc_address={address}"])
         wait_for(lambda: os.path.exists(address[5:]), "kvgated", kvgated)
@@ -278,6 +280,7 @@ def main():
         gated, tl_gated = run_once("gated", base, requests, retry=True)
     finally:
         children.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
 
     text, ratio = table(unguarded, gated)
     print(text)
