@@ -10,8 +10,8 @@ OutOfMemory, whose message says "out of memory" as CUDA's does, when the
 limit would be passed) and releases them when the tensor is freed (a
 weakref finalizer). Ops write into such tensors with out= or in place, so
 what the counter holds is what the loop has alive. Scalars per row (norm
-variances, softmax maxima and sums) are counted too; PyTorch's own scratch
-inside a kernel is not (it has none for the ops used here at these sizes).
+variances, softmax maxima and sums) are counted too; scratch PyTorch may take
+inside a kernel (a BLAS packing buffer) is not counted.
 """
 
 import threading
