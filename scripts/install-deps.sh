@@ -20,6 +20,7 @@ BUILD_PACKAGES=(
   prometheus
   python3 python3-grpcio python3-protobuf python3-fastapi python3-starlette
   python3-uvicorn python3-httpx python3-pytest python3-venv python3-pip
+  python3-torch
   yamllint python3-yaml
   libssl-dev openssl
   libcurl4-openssl-dev
