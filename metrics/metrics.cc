@@ -1,5 +1,6 @@
 #include "metrics/metrics.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/string_view.h"
@@ -74,6 +75,13 @@ constexpr FamilyText kDeviceUsedBytes = {
     "kvgate_device_used_bytes", "Device memory allocated by any process."};
 constexpr FamilyText kMemorySourceErrors = {
     "kvgate_memory_source_errors_total", "Failed reads of the memory source."};
+constexpr FamilyText kBudgetUsedRatio = {
+    "kvgate_budget_used_ratio",
+    "What admission counts as taken (the reserved bytes, or a preallocating "
+    "engine's reported use when higher) over the capacity, 0..1."};
+constexpr FamilyText kQueuedRequests = {
+    "kvgate_queued_requests",
+    "Requests waiting in the admission queue, all priorities."};
 constexpr FamilyText kEngineUp = {
     "kvgate_engine_up",
     "1 when the last scrape of a vllm or sglang engine's metrics succeeded."};
@@ -172,6 +180,24 @@ struct KvgateMetrics::ModelSeries : public ControllerListener {
   std::array<prometheus::Gauge*, kNumPriorities> queued{};
   prometheus::Gauge* queue_bytes = nullptr;
   prometheus::Gauge* memory_pressure = nullptr;
+  prometheus::Gauge* used_ratio = nullptr;
+  prometheus::Gauge* queued_total = nullptr;
+
+  // Sets kvgate_budget_used_ratio and kvgate_queued_requests. Lock-free.
+  void SetUse(uint64_t capacity_bytes, uint64_t used_bytes, uint32_t queued) {
+    const double ratio =
+        capacity_bytes == 0
+            ? 1.0
+            : std::min(1.0, static_cast<double>(used_bytes) /
+                                static_cast<double>(capacity_bytes));
+    used_ratio->Set(ratio);
+    queued_total->Set(queued);
+  }
+
+  void OnBudget(uint64_t capacity_bytes, uint64_t used_bytes,
+                uint32_t queued_requests) override {
+    SetUse(capacity_bytes, used_bytes, queued_requests);
+  }
 
   void OnDecision(Priority priority, const AdmitOutcome& outcome) override {
     const size_t p = static_cast<size_t>(priority);
@@ -226,6 +252,8 @@ KvgateMetrics::KvgateMetrics(const Options& options)
       device_free_bytes_(AddGauge(*registry_, kDeviceFreeBytes)),
       device_used_bytes_(AddGauge(*registry_, kDeviceUsedBytes)),
       memory_source_errors_(AddCounter(*registry_, kMemorySourceErrors)),
+      used_ratio_(AddGauge(*registry_, kBudgetUsedRatio)),
+      queued_requests_(AddGauge(*registry_, kQueuedRequests)),
       engine_up_(AddGauge(*registry_, kEngineUp)),
       engine_usage_(AddGauge(*registry_, kEngineUsage)),
       engine_capacity_tokens_(AddGauge(*registry_, kEngineCapacityTokens)),
@@ -285,6 +313,8 @@ KvgateMetrics::ModelSeries& KvgateMetrics::SeriesForLocked(
   s.active_leases = &active_leases_.Add(by_model);
   s.queue_bytes = &queue_bytes_.Add(by_model);
   s.memory_pressure = &memory_pressure_.Add(by_model);
+  s.used_ratio = &used_ratio_.Add(by_model);
+  s.queued_total = &queued_requests_.Add(by_model);
   return s;
 }
 
@@ -313,6 +343,10 @@ void KvgateMetrics::SetBudget(const std::string& model,
   }
   s.queue_bytes->Set(Bytes(snapshot.queued_bytes));
   s.memory_pressure->Set(snapshot.memory_pressure ? 1 : 0);
+  s.SetUse(snapshot.capacity_bytes,
+           snapshot.capacity_bytes -
+               std::min(snapshot.capacity_bytes, snapshot.free_bytes),
+           snapshot.queued_requests);
 }
 
 void KvgateMetrics::SetDevices(const std::vector<DeviceMemory>& devices) {

@@ -30,6 +30,11 @@
 //       {model}                                                   gauges
 //   kvgate_active_leases{model}, kvgate_queue_requests{model,priority},
 //   kvgate_queue_bytes{model}, kvgate_memory_pressure{model}      gauges
+//   kvgate_budget_used_ratio{model}, kvgate_queued_requests{model} gauges
+//       the admission view for a router (docs/design.md, "Cluster scale"):
+//       max(reserved, engine use) / capacity, and the queue at all
+//       priorities; set after every controller call (OnBudget), not only
+//       by the pollers
 //   kvgate_device_{total,free,used}_bytes{gpu_uuid}               gauges
 //   kvgate_memory_source_errors_total{source}                     counter
 //   kvgate_engine_up{model}, kvgate_engine_kv_cache_usage_ratio{model},
@@ -165,6 +170,8 @@ class KvgateMetrics {
   prometheus::Family<prometheus::Gauge>& device_free_bytes_;
   prometheus::Family<prometheus::Gauge>& device_used_bytes_;
   prometheus::Family<prometheus::Counter>& memory_source_errors_;
+  prometheus::Family<prometheus::Gauge>& used_ratio_;
+  prometheus::Family<prometheus::Gauge>& queued_requests_;
   prometheus::Family<prometheus::Gauge>& engine_up_;
   prometheus::Family<prometheus::Gauge>& engine_usage_;
   prometheus::Family<prometheus::Gauge>& engine_capacity_tokens_;

@@ -513,6 +513,17 @@ void Controller::Run(Completions& completions) {
       listener->OnLeaseExpired(bytes);
     }
   }
+  if (listener != nullptr) {
+    uint64_t capacity, used;
+    uint32_t queued;
+    {
+      absl::MutexLock lock(&mu_);
+      capacity = capacity_bytes_;
+      used = ledger_.AdmissionReserved();
+      queued = static_cast<uint32_t>(queue_.size());
+    }
+    listener->OnBudget(capacity, used, queued);
+  }
   for (Completions::Answer& answer : completions.answers) {
     if (listener != nullptr) {
       listener->OnDecision(answer.priority, answer.outcome);

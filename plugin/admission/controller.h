@@ -81,6 +81,13 @@ class ControllerListener {
                           const AdmitOutcome& /*outcome*/) {}
   // A lease reached its TTL in Tick; `bytes` is its reserved_bytes.
   virtual void OnLeaseExpired(uint64_t /*bytes*/) {}
+  // The budget after a call that may have changed it (Admit, Release,
+  // Cancel, Tick, SetEngineBudget, ...): the capacity, what admission counts
+  // as taken (max(reserved, the engine's reported use)) and the requests
+  // queued at all priorities. Calls from concurrent threads may arrive out
+  // of order; the next call corrects the figure.
+  virtual void OnBudget(uint64_t /*capacity_bytes*/, uint64_t /*used_bytes*/,
+                        uint32_t /*queued_requests*/) {}
 };
 
 struct BudgetSnapshot {

@@ -283,6 +283,46 @@ TEST_F(KvgatedTest, FlagsOverrideTheConfigFile) {
 // ---------------------------------------------------------------------------
 // Health and reflection.
 
+// The router's signal (docs/design.md, "Cluster scale"): the used ratio and
+// the queue move with each call, without waiting for a poll, and agree with
+// GetBudget.
+TEST_F(KvgatedTest, BudgetUsedRatioAndQueueFollowAdmitAndRelease) {
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  // Room for 2 requests. Each figure is scraped right after the call that
+  // moved it, within the ticker's 500 ms between polls of the source.
+  StartServer(
+      ServerOptions(PoolConfig(shape().CapacityFor(2)), "",
+                    {absl::StrCat("--metrics_address=127.0.0.1:", *port)}));
+  const std::string ratio =
+      absl::StrCat("kvgate_budget_used_ratio{model=\"", kModel, "\"}");
+  const std::string queued =
+      absl::StrCat("kvgate_queued_requests{model=\"", kModel, "\"}");
+  auto expect_ratio_of_budget = [&]() {
+    const kvgate::v1::Budget b = GetBudget();
+    EXPECT_DOUBLE_EQ(MetricValue(ScrapeMetrics(*port), ratio),
+                     static_cast<double>(b.reserved_bytes()) /
+                         static_cast<double>(b.capacity_bytes()));
+  };
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port), ratio), 0);
+  const std::string first = AdmitOrFail("first");
+  expect_ratio_of_budget();
+  const std::string second = AdmitOrFail("second");
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port), ratio), 1);
+  PendingAdmit waiting(stub_.get(), Request("waiting"), /*token=*/"",
+                       absl::Seconds(10));
+  ASSERT_TRUE(WaitForQueued(1));
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port), queued), 1);
+  uint64_t released = 0;
+  ASSERT_TRUE(Release(first, &released).ok());
+  ASSERT_TRUE(waiting.Wait().ok());  // it took the freed room
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port), queued), 0);
+  ASSERT_TRUE(Release(second, &released).ok());
+  expect_ratio_of_budget();
+  ASSERT_TRUE(Release(waiting.response().lease_id(), &released).ok());
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port), ratio), 0);
+}
+
 TEST_F(KvgatedTest, HealthServiceReportsServing) {
   StartServer(PoolConfig(shape().CapacityFor(1)));
   std::shared_ptr<grpc::Channel> channel = server_->NewChannel();
