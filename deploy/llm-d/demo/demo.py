@@ -32,6 +32,7 @@ import ctypes
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,7 +200,8 @@ def workload(args):
 async def send(client, pods, request, first, args, t0):
     """One request, retried on 429 as Envoy's policy does."""
     n = len(pods)
-    tried = []  # pods that refused, in order (Envoy's previous_hosts)
+    tried = []  # pods that refused this round, in order (previous_hosts)
+    refused_by = set()  # every pod that ever refused it
     refusals = 0
     waits = 0
     attempts = 0
@@ -217,12 +219,13 @@ async def send(client, pods, request, first, args, t0):
             break
         if r.status_code == 200:
             result.update(outcome="served", pod=pod,
-                          refused_elsewhere=any(p != pod for p in tried))
+                          refused_elsewhere=bool(refused_by - {pod}))
             break
         if r.status_code != 429:
             result.update(outcome="failed", reason=f"HTTP {r.status_code}: {r.text[:200]}")
             break
         refusals += 1
+        refused_by.add(pod)
         if pod not in tried:
             tried.append(pod)
         if attempts >= args.max_attempts:
@@ -356,6 +359,8 @@ def main():
         "served_first_try": sum(1 for r in served if r["refusals"] == 0),
         "refused_by_one_pod_served_by_another": sum(1 for r in served
                                                     if r["refused_elsewhere"]),
+        "of_which_without_retry_after_wait": sum(
+            1 for r in served if r["refused_elsewhere"] and r["retry_after_waits"] == 0),
         "served_after_retry_after_wait": sum(1 for r in served
                                              if r["retry_after_waits"] > 0),
         "refusals_429": sum(r["refusals"] for r in results),
@@ -398,8 +403,10 @@ def main():
             problems.append("one pod could hold the whole burst")
         if problems:
             print("CHECK FAILED: " + "; ".join(problems), file=sys.stderr)
+            print(f"logs kept in {workdir}", file=sys.stderr)
             return 1
         print("check passed: failed = 0, lost = 0")
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
@@ -413,10 +420,12 @@ def table(s):
     lines = [f"{s['requests']} requests at once over {s['pods']} pods "
              f"(each holds about {s['pod_holds_median_requests']} requests): "
              f"{s['wall_s']:.2f} s",
-             "| | served | refused by one pod, served by another | "
-             "after a Retry-After wait | failed | lost |",
-             "|---|---:|---:|---:|---:|---:|",
-             f"| burst | {s['served']} | {s['refused_by_one_pod_served_by_another']} | "
+             "| | served | first try | refused by one pod, served by another "
+             "(of which at once) | after a Retry-After wait | failed | lost |",
+             "|---|---:|---:|---:|---:|---:|---:|",
+             f"| burst | {s['served']} | {s['served_first_try']} | "
+             f"{s['refused_by_one_pod_served_by_another']} "
+             f"({s['of_which_without_retry_after_wait']}) | "
              f"{s['served_after_retry_after_wait']} | {s['failed']} | {s['lost']} |",
              "",
              "| pod | first choice for | served | most in flight | peak budget used |",
@@ -424,7 +433,9 @@ def table(s):
     lines += [f"| {p['pod']} | {p['first_choice']} | {p['served']} | "
               f"{p['max_in_flight']} | {p['peak_budget_used_ratio']:.2f} |"
               for p in s["per_pod"]]
+    ra = s["retry_after_waited_s"]
     lines.append(f"429 answers: {s['refusals_429']}, attempts: {s['attempts']}, "
+                 f"Retry-After waits: {ra['count']} (p50 {ra['p50']} s, max {ra['max']} s), "
                  f"latency p50 {s['latency_p50_s']} s, p99 {s['latency_p99_s']} s")
     return "\n".join(lines)
 
