@@ -55,6 +55,29 @@ std::string AuthMode(const Authenticator::Options& auth, bool enabled) {
                       " certificate identities");
 }
 
+// Says at start-up which memory source admission rests on; loudly (a
+// warning) for the static one, whose devices are simulated: it never sees
+// what the engine or anyone else really allocates.
+void LogMemorySource(const MemorySourceSettings& source,
+                     const std::vector<DeviceMemory>& devices) {
+  if (source.kind == MemorySourceSettings::Kind::kNvml) {
+    LogInfo(
+        "memory source is nvml: live device memory",
+        {{"memory_source", "nvml"}, {"devices", absl::StrCat(devices.size())}});
+    return;
+  }
+  LogWarning(
+      "memory source is static: SIMULATED devices, real GPU memory is not "
+      "read",
+      {{"memory_source", "static"},
+       {"device", source.static_device_name},
+       {"device_bytes", absl::StrCat(source.static_device_bytes)},
+       {"hint",
+        "admission rests on the ledger alone; configure memory_source.nvml "
+        "on a GPU node"},
+       {"devices", absl::StrCat(devices.size())}});
+}
+
 }  // namespace
 
 std::string StartupStage(const absl::Status& status) {
@@ -90,13 +113,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   for (auto& poller : server->engine_pollers_) poller->Start();
   server->serving_ = true;
   const ServerSettings& settings = server->options_.settings;
+  // Logged once serving, so that a start-up failure stays one line.
+  LogMemorySource(src, server->first_read_);
   LogInfo("listening",
           {{"address", settings.grpc_address},
            {"port", absl::StrCat(server->port_)},
            {"models", absl::StrCat(server->registry_.pools().size())},
            {"health_address", server->options_.health_address},
            {"tls", server->tls_mode_},
-           {"auth", server->auth_mode_}});
+           {"auth", server->auth_mode_},
+           {"memory_source", std::string(server->source_->Name())}});
   return server;
 }
 

@@ -250,6 +250,56 @@ TEST_F(KvgatedTest, FlagsOverrideTheConfigFile) {
 }
 
 // ---------------------------------------------------------------------------
+// The memory source, as the log and /metrics tell it.
+
+// A static source's devices are simulated: start-up says so with a warning
+// line naming the source; an NVML source is named too, without a warning.
+TEST_F(KvgatedTest, StartUpLogWarnsThatTheStaticSourceIsSimulated) {
+  StartServer(PoolConfig(shape().CapacityFor(1)));
+  const std::string log = server_->Stderr();
+  bool warned = false;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    if (!record.is_object() || record.value("memory_source", "") != "static") {
+      continue;
+    }
+    if (record.value("level", "") == "warning") {
+      warned = true;
+      EXPECT_THAT(record.value("msg", ""), HasSubstr("SIMULATED"));
+    }
+  }
+  EXPECT_TRUE(warned) << log;
+}
+
+// With the static source, kvgate_device_free_bytes is what GetBudget's
+// device_free_bytes says: the simulated device less the weights and the
+// reserved bytes, not an always-empty device.
+TEST_F(KvgatedTest, StaticDeviceMetricsAgreeWithTheBudget) {
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  StartServer(
+      ServerOptions(PoolConfig(shape().CapacityFor(2)), /*address=*/"",
+                    {absl::StrCat("--metrics_address=127.0.0.1:", *port)}));
+  AdmitOrFail("holds-memory");
+  const uint64_t expected = shape().CapacityFor(2) - shape().ReservedFor(1);
+  const std::string series = "kvgate_device_free_bytes{gpu_uuid=\"sim-0\"}";
+  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  uint64_t budget_free = 0;
+  double metric_free = -1;
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    budget_free = GetBudget().device_free_bytes();
+    metric_free = MetricValue(ScrapeMetrics(*port), series);
+  } while ((budget_free != expected || metric_free != expected) &&
+           absl::Now() < give_up);
+  EXPECT_EQ(budget_free, expected);
+  EXPECT_EQ(metric_free, static_cast<double>(expected));
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port),
+                        "kvgate_device_used_bytes{gpu_uuid=\"sim-0\"}"),
+            static_cast<double>(shape().weights + shape().ReservedFor(1)));
+}
+
+// ---------------------------------------------------------------------------
 // Health and reflection.
 
 TEST_F(KvgatedTest, HealthServiceReportsServing) {

@@ -92,6 +92,24 @@ TEST(EstimateCliTest, FlagsChangeTheEstimate) {
       kv({"--prompt-tokens=8000"})["activation_bytes"].get<uint64_t>());
 }
 
+// vLLM V1 always chunks prefill at --max-num-batched-tokens (8192 by
+// default): the default estimate reserves one 8192-token step's activations,
+// not the whole 32k prompt's; 0 turns chunking off.
+TEST(EstimateCliTest, PrefillIsChunkedAtVllmsBatchedTokensByDefault) {
+  auto activation = [](const std::string& extra) {
+    std::vector<std::string> args = {"estimate", "--config=qwen2.5-7b",
+                                     "--prompt-tokens=32000", "--json"};
+    if (!extra.empty()) args.push_back(extra);
+    CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+    return nlohmann::json::parse(r.stdout_text)["activation_bytes"]
+        .get<uint64_t>();
+  };
+  const uint64_t by_default = activation("");
+  EXPECT_EQ(by_default, activation("--chunked-prefill-tokens=8192"));
+  EXPECT_GT(activation("--chunked-prefill-tokens=0"), 3 * by_default);
+}
+
 TEST(EstimateCliTest, TableByDefaultAndHelp) {
   CliResult r = RunCli({"estimate", "--config=gpt2"});
   ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
