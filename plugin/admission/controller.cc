@@ -483,7 +483,12 @@ absl::Duration Controller::RetryAfterLocked(Priority priority,
   // its priority or above (ahead of it, roughly), plus its own, minus free.
   uint64_t needed = SaturatingAdd(own_bytes, queue_.BytesAtOrAbove(priority));
   needed -= std::min(needed, own_queued_bytes);
-  return retry_.RetryAfter(needed, ledger_.FreeBytes(), now);
+  const uint64_t free = ledger_.FreeBytes();
+  if (needed <= free) return retry_.RetryAfter(needed, free, now);
+  // Never longer than the leases' remaining lifetimes explain: the missing
+  // bytes are free once enough live leases expire by TTL.
+  return retry_.RetryAfter(needed, free, now,
+                           ledger_.TimeUntilExpiriesFree(needed - free, now));
 }
 
 AdmitOutcome Controller::RejectionLocked(RejectReason reason, Priority priority,
