@@ -1,17 +1,21 @@
 #include "plugin/server/server.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <tuple>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "absl/types/optional.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "metrics/metrics_server.h"
 #include "plugin/admission/clock.h"
 #include "plugin/base/json_log.h"
 #include "plugin/security/tls.h"
@@ -36,6 +40,19 @@ constexpr char kCannotListen[] = "cannot listen";
 absl::Status InStage(absl::string_view stage, absl::Status status) {
   status.SetPayload(kStageUrl, absl::Cord(stage));
   return status;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The directory `path` is in: "." for a bare name, "/" at the root.
+std::string ParentDirectory(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 // How the "listening" line describes transport security.
@@ -76,6 +93,49 @@ void LogMemorySource(const MemorySourceSettings& source,
         "admission rests on the ledger alone; configure memory_source.nvml "
         "on a GPU node"},
        {"devices", absl::StrCat(devices.size())}});
+}
+
+// `address` (the config field `field`) as start-up would take it:
+// host:port, or when `unix_ok` also unix:/path in a directory that exists.
+absl::Status CheckListenAddress(absl::string_view field,
+                                const std::string& address, bool unix_ok) {
+  if (address.empty()) return absl::OkStatus();
+  if (unix_ok && absl::StartsWith(address, "unix:")) {
+    const std::string dir = ParentDirectory(address.substr(5));
+    if (IsDirectory(dir)) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": the socket's directory '", dir, "' does not exist"));
+  }
+  if (absl::Status s = CheckHostPort(address); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+// What start-up would refuse and --validate does not otherwise reach: the
+// listen addresses and the lease journal's state_dir (start-up creates it,
+// but not its parent). Certificates and token files are read by
+// InitSecurity and ResolveServerConfig.
+absl::Status CheckStartupInputs(const Server::Options& options) {
+  const ServerSettings& s = options.settings;
+  for (const auto& [field, address, unix_ok] :
+       {std::tuple<absl::string_view, const std::string&, bool>{
+            "grpc_address", s.grpc_address, true},
+        {"metrics_address", s.metrics_address, false},
+        {"health_address", options.health_address, false},
+        {"ext_proc.listen_address", options.ext_proc.listen_address, true}}) {
+    if (absl::Status st = CheckListenAddress(field, address, unix_ok);
+        !st.ok()) {
+      return st;
+    }
+  }
+  const std::string& dir = s.lease_journal.state_dir;
+  if (dir.empty() || IsDirectory(dir)) return absl::OkStatus();
+  const std::string parent = ParentDirectory(dir);
+  if (IsDirectory(parent)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "lease_journal.state_dir: '", dir, "' cannot be created: its parent '",
+      parent, "' does not exist"));
 }
 
 }  // namespace
@@ -130,6 +190,9 @@ absl::StatusOr<Server::Validation> Server::Validate(Options options) {
   Validation validation;
   for (const ModelPoolSettings& m : options.settings.models) {
     validation.models.push_back(m.name);
+  }
+  if (absl::Status s = CheckStartupInputs(options); !s.ok()) {
+    return InStage(kInvalidConfiguration, s);
   }
   Server server(std::move(options));
   if (absl::Status s = server.InitSecurity(); !s.ok()) return s;

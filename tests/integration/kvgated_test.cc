@@ -502,6 +502,64 @@ TEST_F(KvgatedTest, ValidateRejectsABadConfigWithOneJsonErrorLine) {
   }
 }
 
+// --validate refuses what start-up would: a listen address that is not
+// host:port, a state_dir whose parent does not exist, certificate files that
+// cannot be read; one JSON error line naming the field each.
+TEST_F(KvgatedTest, VersionPrintsTheReleaseAndExitsZero) {
+  KvgatedProcess::Options options = ServerOptions(PoolConfig(1 << 20));
+  options.args.push_back("--version");
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(exit->code, 0) << exit->stderr_text;
+  EXPECT_THAT(exit->stdout_text, ::testing::StartsWith("kvgated 0."));
+}
+
+TEST_F(KvgatedTest, ValidateRejectsWhatStartUpWould) {
+  struct Case {
+    const char* what;
+    std::string config;
+    std::string address;
+    const char* field;
+  };
+  const std::string pool = "models { name: \"m\" preset: \"gpt2\" }\n";
+  const std::vector<Case> cases = {
+      {"metrics port alone", pool + "metrics_address: \"9464\"",
+       UniqueUnixAddress("validate"),
+       "metrics_address: '9464' is not host:port"},
+      {"health address on a unix socket", pool, UniqueUnixAddress("validate"),
+       "health_address"},
+      {"grpc address without a port", pool, "localhost",
+       "grpc_address: 'localhost' is not host:port"},
+      {"unix socket in a missing directory", pool,
+       "unix:/nonexistent-kvgate-dir/kvgate.sock", "grpc_address"},
+      {"state_dir whose parent is missing",
+       pool + "lease_journal { state_dir: \"/nonexistent-kvgate/state\" }",
+       UniqueUnixAddress("validate"), "lease_journal.state_dir"},
+      {"unreadable certificate",
+       pool + "tls { cert_file: \"/nonexistent-kvgate/cert.pem\" "
+              "key_file: \"/nonexistent-kvgate/key.pem\" }",
+       "127.0.0.1:0", "tls.cert_file: cannot read"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    KvgatedProcess::Options options = ServerOptions(c.config, c.address);
+    options.args.push_back("--validate");
+    if (std::string(c.what) == "health address on a unix socket") {
+      options.args.push_back("--health_address=unix:/tmp/kvgate-health.sock");
+    }
+    absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+    ASSERT_TRUE(exit.ok()) << exit.status();
+    EXPECT_NE(exit->code, 0);
+    const std::vector<std::string> lines = Lines(exit->stderr_text);
+    ASSERT_EQ(lines.size(), 1u) << exit->stderr_text;
+    const nlohmann::json line =
+        nlohmann::json::parse(lines[0], nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(line.is_object()) << lines[0];
+    EXPECT_EQ(line.value("level", ""), "error");
+    EXPECT_THAT(line.value("error", ""), HasSubstr(c.field)) << lines[0];
+  }
+}
+
 // ---------------------------------------------------------------------------
 // The NVML memory source, against the fake libnvidia-ml.
 
