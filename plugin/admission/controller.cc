@@ -8,6 +8,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "estimator/byte_size.h"
 
 namespace kvgate {
 
@@ -191,8 +192,9 @@ std::optional<AdmitOutcome> Controller::DecideLocked(
   if (bytes > capacity_bytes_ || bytes > max_queue_bytes_) {
     return RejectionLocked(
         RejectReason::kNeverFits, priority, bytes, 0,
-        absl::StrCat("needs ", bytes, " bytes; capacity is ", capacity_bytes_,
-                     ", queue holds at most ", max_queue_bytes_),
+        absl::StrCat("needs ", ByteSize(bytes), "; capacity is ",
+                     ByteSize(capacity_bytes_), ", queue holds at most ",
+                     ByteSize(max_queue_bytes_)),
         now);
   }
   if (draining_) {

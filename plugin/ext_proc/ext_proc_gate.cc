@@ -148,8 +148,9 @@ BodyVerdict ExtProcGate::OnRequestBody(const GatedRequest& request,
   if (pool == nullptr) {
     return HttpError{
         404, "invalid_request_error", "MODEL_NOT_FOUND",
-        absl::StrCat("The model '", parsed->model.substr(0, kMaxTenantBytes),
-                     "' is not served here"),
+        absl::StrCat(
+            "The model '", parsed->model.substr(0, kMaxTenantBytes),
+            "' is not served here; served models: ", registry_->QuotedNames()),
         absl::ZeroDuration()};
   }
   const uint64_t sequences =

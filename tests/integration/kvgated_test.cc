@@ -20,6 +20,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -192,6 +193,29 @@ TEST_F(KvgatedTest, CliAdmitBudgetAndReleaseGoThroughTheServer) {
   EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
 }
 
+// kvgate demo --json prints one JSON object: the pool and each step.
+TEST_F(KvgatedTest, DemoJsonPrintsOneJsonObject) {
+  StartServer("models { name: \"llama-3-8b\" preset: \"llama-3-8b\" }");
+  const KvgatedProcess::Exit exit =
+      RunCli({"demo", "--address=" + server_->address(), "--json"});
+  ASSERT_EQ(exit.code, 0) << exit.stderr_text;
+  const nlohmann::json j =
+      nlohmann::json::parse(exit.stdout_text, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << exit.stdout_text;
+  EXPECT_EQ(j.value("model", ""), "llama-3-8b");
+  EXPECT_GT(j.value("capacity_bytes", uint64_t{0}), 0u);
+  ASSERT_TRUE(j.contains("steps") && j["steps"].is_array());
+  std::set<std::string> decisions;
+  for (const nlohmann::json& step : j["steps"]) {
+    EXPECT_TRUE(step.contains("step")) << step.dump();
+    if (step.contains("decision")) decisions.insert(step["decision"]);
+  }
+  EXPECT_TRUE(decisions.count("ADMITTED")) << exit.stdout_text;
+  EXPECT_TRUE(decisions.count("REJECTED")) << exit.stdout_text;
+  EXPECT_EQ(j["steps"].back().value("step", ""), "after releasing all");
+  EXPECT_EQ(j["steps"].back().value("active_leases", 1), 0);
+}
+
 TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
   StartServer(PoolConfig(shape().CapacityFor(2)));
   struct Case {
@@ -201,6 +225,8 @@ TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
   const std::vector<Case> cases = {
       {{"admit", "--address=" + server_->address(), "--model=no-such-model"},
        "no-such-model"},
+      {{"budget", "--address=" + server_->address(), "--model=no-such-model"},
+       "served models: 'gpt2'"},
       {{"admit", "--address=" + server_->address(),
         absl::StrCat("--model=", kModel), "--prompt-tokens=0"},
        "prompt"},

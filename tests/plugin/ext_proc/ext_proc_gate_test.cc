@@ -379,21 +379,24 @@ TEST_F(ExtProcGateTest, MalformedBodiesAre400WithTheParserMessage) {
   EXPECT_THAT(e.message, HasSubstr("messages: is required"));
 }
 
-TEST_F(ExtProcGateTest, UnknownModelIs404AndQuotesAtMost128Bytes) {
+TEST_F(ExtProcGateTest, UnknownModelIs404ListsTheServedOnesAndQuotesAtMost128) {
   const ExtProcGate gate = Gate();
   const GatedRequest r = Gated(gate, Post());
   HttpError e = BodyError(gate, r, R"({"model":"llama","prompt":"hi"})");
   EXPECT_EQ(e.status, 404);
   EXPECT_EQ(e.type, "invalid_request_error");
   EXPECT_EQ(e.code, "MODEL_NOT_FOUND");
-  EXPECT_EQ(e.message, "The model 'llama' is not served here");
+  EXPECT_EQ(e.message,
+            "The model 'llama' is not served here; served models: 'gpt2', "
+            "'other'");
   EXPECT_EQ(e.retry_after, absl::ZeroDuration());
 
   const std::string long_name(300, 'm');
   e = BodyError(gate, r,
                 nlohmann::json{{"model", long_name}, {"prompt", "hi"}}.dump());
   EXPECT_EQ(e.message, absl::StrCat("The model '", std::string(128, 'm'),
-                                    "' is not served here"));
+                                    "' is not served here; served models: "
+                                    "'gpt2', 'other'"));
 }
 
 TEST_F(ExtProcGateTest, TooManySequencesIs400) {
