@@ -556,8 +556,6 @@ TEST_F(KvgatedTest, ValidateRejectsWhatStartUpWould) {
        "health_address"},
       {"grpc address without a port", pool, "localhost",
        "grpc_address: 'localhost' is not host:port"},
-      {"unix socket in a missing directory", pool,
-       "unix:/nonexistent-kvgate-dir/kvgate.sock", "grpc_address"},
       {"state_dir whose parent is missing",
        pool + "lease_journal { state_dir: \"/nonexistent-kvgate/state\" }",
        UniqueUnixAddress("validate"), "lease_journal.state_dir"},
