@@ -1,14 +1,18 @@
 #include "estimator/model_spec.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "estimator/presets.h"
@@ -692,6 +696,42 @@ void ReadDtype(const Fields& f, const Fields& top, ModelSpec& spec) {
   }
 }
 
+// Sizes no real checkpoint comes near: a config beyond them is a typo or a
+// corrupted file, and its figures would overflow or mislead. The largest
+// published dense models stay far below (PaLM-540B: hidden 18432,
+// intermediate 73728, 118 layers; Llama-3.1-405B: 126 layers; Gemma: 256k
+// vocabulary; DeepSeek-V3: 256 routed experts).
+struct PlausibleSize {
+  const char* field;
+  uint64_t ModelSpec::*member;
+  uint64_t max;
+};
+constexpr PlausibleSize kPlausibleSizes[] = {
+    {"hidden_size", &ModelSpec::hidden_size, uint64_t{1} << 17},
+    {"num_hidden_layers", &ModelSpec::num_layers, uint64_t{1} << 12},
+    {"num_attention_heads", &ModelSpec::num_attention_heads, uint64_t{1} << 14},
+    {"num_key_value_heads", &ModelSpec::num_kv_heads, uint64_t{1} << 14},
+    {"head_dim", &ModelSpec::head_dim, uint64_t{1} << 14},
+    {"vocab_size", &ModelSpec::vocab_size, uint64_t{1} << 23},
+    {"intermediate_size", &ModelSpec::intermediate_size, uint64_t{1} << 20},
+    {"moe_intermediate_size", &ModelSpec::moe_intermediate_size,
+     uint64_t{1} << 20},
+    {"num_experts", &ModelSpec::num_experts, uint64_t{1} << 16},
+};
+
+// InvalidArgument naming the first size of `spec` beyond kPlausibleSizes.
+absl::Status CheckPlausibleSizes(const ModelSpec& spec) {
+  for (const PlausibleSize& row : kPlausibleSizes) {
+    const uint64_t value = spec.*row.member;
+    if (value > row.max) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "config.json: ", row.field, " ", value,
+          " is not a plausible model size (at most ", row.max, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   ModelSpec spec;
   Json with_defaults;
@@ -700,11 +740,14 @@ absl::StatusOr<ModelSpec> ParseObject(const Json& root) {
   const Fields top(root);
   const Family& family = ReadFamily(f, top, spec);
   if (absl::Status s = ReadDimensions(f, spec); !s.ok()) return s;
+  // Checked before anything derived from the sizes, then with all of them.
+  if (absl::Status s = CheckPlausibleSizes(spec); !s.ok()) return s;
   if (absl::Status s = ReadAttentionHeads(f, family, spec); !s.ok()) return s;
   ReadBiases(f, family, spec);
   if (absl::Status s = ReadFeedForward(f, family, spec); !s.ok()) return s;
   const absl::Status layout_error = ReadLayout(f, top, family, spec);
   if (absl::Status s = ReadMoe(f, family, spec); !s.ok()) return s;
+  if (absl::Status s = CheckPlausibleSizes(spec); !s.ok()) return s;
   if (absl::Status s = ReadSlidingWindow(f, family, spec); !s.ok()) return s;
   ReadDtype(f, top, spec);
   ReadQuantization(top.Has("quantization_config") ? top : f, spec);
@@ -755,7 +798,13 @@ absl::StatusOr<ModelSpec> ParseModelConfig(absl::string_view json_text) {
   return ParseObject(root);
 }
 
-absl::StatusOr<ModelSpec> LoadModelConfig(const std::string& path) {
+absl::StatusOr<ModelSpec> LoadModelConfig(const std::string& given) {
+  // A Hugging Face snapshot directory: its config.json.
+  std::error_code error;
+  const std::string path =
+      std::filesystem::is_directory(given, error)
+          ? (std::filesystem::path(given) / "config.json").string()
+          : given;
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(
@@ -774,13 +823,53 @@ absl::StatusOr<ModelSpec> LoadModelConfig(const std::string& path) {
   return spec;
 }
 
+namespace {
+
+// Levenshtein distance between `a` and `b`, ignoring case.
+size_t EditDistance(absl::string_view a, absl::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t above = row[j];
+      const bool same =
+          absl::ascii_tolower(a[i - 1]) == absl::ascii_tolower(b[j - 1]);
+      row[j] =
+          std::min({row[j] + 1, row[j - 1] + 1, diagonal + (same ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "; did you mean 'P'?" for the preset P nearest `name` by edit distance,
+// when it is within a third of the longer name; "" otherwise.
+std::string DidYouMean(absl::string_view name) {
+  std::string best;
+  size_t best_distance = SIZE_MAX;
+  for (const std::string& preset : PresetNames()) {
+    const size_t d = EditDistance(name, preset);
+    if (d < best_distance) {
+      best_distance = d;
+      best = preset;
+    }
+  }
+  const size_t longer = std::max(name.size(), best.size());
+  if (best.empty() || best_distance * 3 > longer) return "";
+  return absl::StrCat(" (did you mean '", best, "'?)");
+}
+
+}  // namespace
+
 absl::StatusOr<ModelSpec> LoadPreset(absl::string_view name) {
   for (const PresetConfig& preset : BuiltinPresets()) {
     if (preset.name == name) return ParseModelConfig(preset.config_json);
   }
   return absl::NotFoundError(
-      absl::StrCat("unknown preset '", name,
-                   "'; presets: ", absl::StrJoin(PresetNames(), ", ")));
+      absl::StrCat("unknown preset '", name, "'", DidYouMean(name),
+                   "; presets: ", absl::StrJoin(PresetNames(), ", ")));
 }
 
 std::vector<std::string> PresetNames() {
@@ -795,7 +884,17 @@ absl::StatusOr<ModelSpec> LoadModel(const std::string& name_or_path) {
   for (const PresetConfig& preset : BuiltinPresets()) {
     if (preset.name == name_or_path) return LoadPreset(name_or_path);
   }
-  return LoadModelConfig(name_or_path);
+  absl::StatusOr<ModelSpec> spec = LoadModelConfig(name_or_path);
+  // A bare name that is no file: most likely a mistyped preset.
+  if (absl::IsNotFound(spec.status()) &&
+      name_or_path.find('/') == std::string::npos &&
+      !absl::EndsWith(name_or_path, ".json")) {
+    return absl::NotFoundError(absl::StrCat(
+        "'", name_or_path, "' is neither a preset nor a config.json file",
+        DidYouMean(name_or_path),
+        "; presets: ", absl::StrJoin(PresetNames(), ", ")));
+  }
+  return spec;
 }
 
 }  // namespace kvgate

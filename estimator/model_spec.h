@@ -118,11 +118,14 @@ struct ModelSpec {
 
 // Parses the text of a config.json. Unknown fields are ignored. A missing
 // essential field (hidden size, layers, heads, vocabulary) is InvalidArgument
-// naming the field; malformed JSON is InvalidArgument with its position.
+// naming the field, and so is a size no real model comes near (hidden_size
+// 4e9); malformed JSON is InvalidArgument with its position.
 // Multimodal configs with a nested `text_config` are read from it.
 absl::StatusOr<ModelSpec> ParseModelConfig(absl::string_view json_text);
 
-// Reads and parses a config.json file. NotFound when the file is missing.
+// Reads and parses a config.json file, or the config.json of a directory (a
+// Hugging Face snapshot: models--org--name/snapshots/<revision>/). NotFound
+// when the file is missing.
 absl::StatusOr<ModelSpec> LoadModelConfig(const std::string& path);
 
 // Built-in presets: config.json texts embedded in the binary, so kvgated runs
@@ -132,7 +135,10 @@ absl::StatusOr<ModelSpec> LoadModelConfig(const std::string& path);
 absl::StatusOr<ModelSpec> LoadPreset(absl::string_view name);
 std::vector<std::string> PresetNames();
 
-// Loads `name_or_path` as a preset when it names one, else as a file.
+// Loads `name_or_path` as a preset when it names one, else as a file or a
+// snapshot directory (LoadModelConfig). A bare name that is neither is
+// NotFound suggesting the nearest preset ("did you mean 'llama-3-8b'?"), as
+// LoadPreset does for an unknown preset.
 absl::StatusOr<ModelSpec> LoadModel(const std::string& name_or_path);
 
 }  // namespace kvgate

@@ -45,7 +45,7 @@ struct PlanOptions {
   // (vLLM's max_num_batched_tokens; 8192 is the API server's default on
   // most GPUs in vLLM V1; V0 without chunked prefill profiled
   // max(max_model_len, max_num_batched_tokens)).
-  uint64_t max_num_batched_tokens = 8192;
+  uint64_t max_num_batched_tokens = kVllmMaxNumBatchedTokens;
   // Sequences of the profiling batch: the rows of logits it computes.
   uint64_t max_num_seqs = 256;
   // Context length a request may reach; 0: the config's

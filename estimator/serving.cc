@@ -95,6 +95,12 @@ void AddScoreElements(uint64_t heads, uint64_t prompt_tokens, uint64_t chunk,
 
 }  // namespace
 
+std::optional<DType> ServedWeightDType(const ModelSpec& spec) {
+  if (spec.quantization.has_value()) return std::nullopt;
+  if (spec.torch_dtype == DType::kFloat32) return DType::kBFloat16;
+  return std::nullopt;
+}
+
 ServingModel::ServingModel(ModelSpec spec, const ServingOptions& options,
                            KvCacheModel kv_cache)
     : spec_(std::move(spec)),
@@ -121,7 +127,8 @@ absl::StatusOr<ServingModel> ServingModel::Create(
 
   ServingModel model(std::move(spec), options, *kv_model);
   WeightOptions w;
-  w.dtype = options.weight_dtype;
+  w.dtype = options.weight_dtype.has_value() ? options.weight_dtype
+                                             : ServedWeightDType(model.spec_);
   w.tensor_parallel = options.tensor_parallel;
   model.quantization_ = EffectiveQuantization(model.spec_, w);
   absl::StatusOr<uint64_t> weights =

@@ -20,8 +20,23 @@
 
 namespace kvgate {
 
+// Tokens per prefill step when a caller serves "like vLLM": the default of
+// vLLM's --max-num-batched-tokens for the OpenAI API server on most GPUs
+// (vLLM V1 always chunks prefill). kvgated's model pools and the CLI's
+// --chunked-prefill-tokens default to it; ServingOptions keeps 0 (off) so a
+// bare estimate sizes the whole prompt in one step.
+inline constexpr uint32_t kVllmMaxNumBatchedTokens = 8192;
+
+// The weight dtype an engine serves `spec` in when no dtype is given:
+// vLLM's dtype=auto rule serves an fp32 checkpoint in 16 bits (bf16 where
+// the GPU supports it, else fp16: same bytes), anything else as declared.
+// Quantized checkpoints keep their quantization (nullopt: the config's).
+std::optional<DType> ServedWeightDType(const ModelSpec& spec);
+
 struct ServingOptions {
-  std::optional<DType> weight_dtype;    // unset: from the config
+  // Unset: from the config, with fp32 checkpoints served in bf16 (see
+  // ServedWeightDType).
+  std::optional<DType> weight_dtype;
   std::optional<DType> kv_cache_dtype;  // unset: "auto"
   uint32_t block_size = 16;
   uint32_t tensor_parallel = 1;

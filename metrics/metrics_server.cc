@@ -19,11 +19,12 @@ struct HostPort {
   int port = 0;
 };
 
-absl::StatusOr<HostPort> ParseHostPort(absl::string_view host_port) {
+absl::StatusOr<HostPort> ParseHostPort(absl::string_view host_port,
+                                       absl::string_view what) {
   const size_t colon = host_port.rfind(':');
   const auto invalid = [&] {
     return absl::InvalidArgumentError(absl::StrCat(
-        "metrics address '", host_port,
+        what, "'", host_port,
         "' is not host:port (e.g. 0.0.0.0:9464, 127.0.0.1:0, [::1]:9464)"));
   };
   if (colon == absl::string_view::npos || colon == 0) return invalid();
@@ -42,13 +43,18 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view host_port) {
 
 }  // namespace
 
+absl::Status CheckHostPort(absl::string_view host_port) {
+  return ParseHostPort(host_port, "").status();
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& host_port,
     std::shared_ptr<prometheus::Registry> registry) {
   if (registry == nullptr) {
     return absl::InvalidArgumentError("metrics server needs a registry");
   }
-  absl::StatusOr<HostPort> parsed = ParseHostPort(host_port);
+  absl::StatusOr<HostPort> parsed =
+      ParseHostPort(host_port, "metrics address ");
   if (!parsed.ok()) return parsed.status();
 
   std::unique_ptr<prometheus::Exposer> exposer;

@@ -13,7 +13,9 @@
 #include <string>
 
 #include "absl/base/attributes.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace prometheus {
 class Exposer;
@@ -21,6 +23,12 @@ class Registry;
 }  // namespace prometheus
 
 namespace kvgate {
+
+// OK when `host_port` is host:port with a port in [0, 65535] (an IPv6 host
+// in brackets), as Start and kvgated's TCP listeners take it; else
+// InvalidArgument "'<host_port>' is not host:port (e.g. ...)". Lets
+// `kvgated --validate` refuse what start-up would.
+absl::Status CheckHostPort(absl::string_view host_port);
 
 // An HTTP listener serving one registry's /metrics until destroyed.
 class MetricsServer {

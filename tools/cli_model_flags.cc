@@ -21,7 +21,9 @@ void ModelFlags::Register(FlagSet& flags) {
   flags.AddString("attention", &attention,
                   "attention implementation: flash or eager");
   flags.AddUint64("chunked-prefill-tokens", &chunked_prefill_tokens,
-                  "tokens per prefill step (0: off, whole prompt at once)");
+                  "tokens per prefill step, as vLLM V1 chunks prefill (the "
+                  "default is vLLM's --max-num-batched-tokens; 0: off, the "
+                  "whole prompt in one step)");
   flags.AddBool("json", &json, "print one JSON object");
 }
 

@@ -332,25 +332,71 @@ class DemoClient {
   std::unique_ptr<Admission::Stub> stub_;
 };
 
-// One line per answer: what was asked, the decision, reason, reservation,
-// time queued and, when rejected, retry_after.
-void PrintAnswer(const std::string& what, const kvgate::v1::AdmitResponse& r) {
-  std::cout << absl::StrFormat(
-                   "  %-34s -> %-8s %-14s reserved %-22s queued %.3fs", what,
-                   kvgate::v1::Decision_Name(r.decision()),
-                   r.reason().empty() ? "" : r.reason(),
-                   FormatBytes(r.reserved_bytes()), Seconds(r.queued_for()))
-            << (r.decision() == kvgate::v1::REJECTED &&
-                        r.retry_after().nanos() + r.retry_after().seconds() > 0
-                    ? absl::StrFormat(" retry_after %.3fs",
+// Where the demo's steps go: a line each on stdout, or with --json one JSON
+// object printed at the end ({"address", "model", "capacity_bytes",
+// "weights_bytes", "steps": [{"step": ..., ...}]}).
+class DemoOutput {
+ public:
+  explicit DemoOutput(bool json) : json_(json) {}
+
+  // The step `step` (its "step" set to `name`), or the line `text`.
+  void Step(const std::string& name, nlohmann::ordered_json step,
+            const std::string& text) {
+    if (!json_) {
+      std::cout << text << std::endl;
+      return;
+    }
+    nlohmann::ordered_json entry;
+    entry["step"] = name;
+    entry.update(step);
+    report_["steps"].push_back(std::move(entry));
+  }
+
+  // One answer: what was asked, the decision, reason, reservation, time
+  // queued and, when rejected, retry_after.
+  void Answer(const std::string& what, const kvgate::v1::AdmitResponse& r) {
+    const bool retry = r.decision() == kvgate::v1::REJECTED &&
+                       r.retry_after().nanos() + r.retry_after().seconds() > 0;
+    nlohmann::ordered_json j;
+    j["decision"] = kvgate::v1::Decision_Name(r.decision());
+    j["reason"] = r.reason();
+    j["reserved_bytes"] = r.reserved_bytes();
+    j["queued_seconds"] = Seconds(r.queued_for());
+    if (retry) j["retry_after_seconds"] = Seconds(r.retry_after());
+    Step(what, std::move(j),
+         absl::StrFormat("  %-34s -> %-8s %-14s reserved %-22s queued %.3fs",
+                         what, kvgate::v1::Decision_Name(r.decision()),
+                         r.reason(), FormatBytes(r.reserved_bytes()),
+                         Seconds(r.queued_for())) +
+             (retry ? absl::StrFormat(" retry_after %.3fs",
                                       Seconds(r.retry_after()))
-                    : "")
-            << std::endl;
-}
+                    : ""));
+  }
+
+  // The budget after a step, as counts and bytes.
+  void Budget(const std::string& name, const kvgate::v1::Budget& b) {
+    nlohmann::ordered_json j;
+    j["active_leases"] = b.active_leases();
+    j["reserved_bytes"] = b.reserved_bytes();
+    j["free_bytes"] = b.free_bytes();
+    Step(name, std::move(j),
+         absl::StrCat("  ", name, ": ", b.active_leases(), " leases, reserved ",
+                      FormatBytes(b.reserved_bytes()), ", free ",
+                      FormatBytes(b.free_bytes())));
+  }
+
+  nlohmann::ordered_json& report() { return report_; }
+  bool json() const { return json_; }
+
+ private:
+  const bool json_;
+  nlohmann::ordered_json report_;
+};
 
 // 1. Fills the budget with batches of 32 x (2048 + 2048) tokens, adding the
 // leases to `leases`. Returns -1 to go on, else the exit code.
-int FillDemoBudget(DemoClient& demo, std::vector<std::string>& leases) {
+int FillDemoBudget(DemoClient& demo, DemoOutput& out,
+                   std::vector<std::string>& leases) {
   kvgate::v1::AdmitResponse r;
   for (int i = 0; i < 64; ++i) {
     const std::string id = absl::StrCat("fill-", i);
@@ -359,23 +405,20 @@ int FillDemoBudget(DemoClient& demo, std::vector<std::string>& leases) {
         !s.ok()) {
       return RpcFailed("demo", s);
     }
-    PrintAnswer(absl::StrCat("admit ", id, " (32 x 4096 tok)"), r);
+    out.Answer(absl::StrCat("admit ", id, " (32 x 4096 tok)"), r);
     if (r.decision() != kvgate::v1::ADMITTED) break;
     leases.push_back(r.lease_id());
   }
   kvgate::v1::Budget b;
-  if (demo.Budget(&b).ok()) {
-    std::cout << "  budget: " << b.active_leases() << " leases, reserved "
-              << FormatBytes(b.reserved_bytes()) << ", free "
-              << FormatBytes(b.free_bytes()) << std::endl;
-  }
+  if (demo.Budget(&b).ok()) out.Budget("budget", b);
   return -1;
 }
 
 // 2. A request that waits in the queue until the first of `leases` is
 // released; its lease joins `leases`. Returns -1 to go on, else the exit
 // code.
-int QueueUntilReleased(DemoClient& demo, std::vector<std::string>& leases) {
+int QueueUntilReleased(DemoClient& demo, DemoOutput& out,
+                       std::vector<std::string>& leases) {
   kvgate::v1::AdmitResponse queued;
   grpc::Status queued_status;
   std::thread waiter([&] {
@@ -384,9 +427,13 @@ int QueueUntilReleased(DemoClient& demo, std::vector<std::string>& leases) {
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kvgate::v1::Budget b;
+  const std::string released = leases.empty() ? "nothing" : leases.front();
   if (demo.Budget(&b).ok()) {
-    std::cout << "  queued requests: " << b.queued_requests() << "; releasing "
-              << (leases.empty() ? "nothing" : leases.front()) << std::endl;
+    out.Step(
+        "queued",
+        {{"queued_requests", b.queued_requests()}, {"releasing", released}},
+        absl::StrCat("  queued requests: ", b.queued_requests(), "; releasing ",
+                     released));
   }
   if (!leases.empty()) {
     demo.Release(leases.front());
@@ -394,30 +441,33 @@ int QueueUntilReleased(DemoClient& demo, std::vector<std::string>& leases) {
   }
   waiter.join();
   if (!queued_status.ok()) return RpcFailed("demo", queued_status);
-  PrintAnswer("admit wait-1 (queued, CRITICAL)", queued);
+  out.Answer("admit wait-1 (queued, CRITICAL)", queued);
   if (queued.decision() == kvgate::v1::ADMITTED)
     leases.push_back(queued.lease_id());
   return -1;
 }
 
 // 3. A queue timeout, 4. a batch that can never fit, 5. a malformed one.
-void ShowRefusals(DemoClient& demo) {
+void ShowRefusals(DemoClient& demo, DemoOutput& out) {
   kvgate::v1::AdmitResponse r;
   if (grpc::Status s =
           demo.Admit("late-1", 32, 2048, 2048, 0.2, kvgate::v1::SHEDDABLE, &r);
       s.ok()) {
-    PrintAnswer("admit late-1 (max_queue_wait 0.2s)", r);
+    out.Answer("admit late-1 (max_queue_wait 0.2s)", r);
   }
   if (grpc::Status s =
           demo.Admit("huge-1", 4096, 4096, 4096, 0, kvgate::v1::STANDARD, &r);
       s.ok()) {
-    PrintAnswer("admit huge-1 (4096 x 8192 tok)", r);
+    out.Answer("admit huge-1 (4096 x 8192 tok)", r);
   }
+  const std::string what = "admit bad-1 (prompt_tokens 0)";
   grpc::Status bad = demo.Admit("bad-1", 1, 0, 16, 0, kvgate::v1::STANDARD, &r);
-  std::cout << absl::StrFormat("  %-34s -> gRPC ",
-                               "admit bad-1 (prompt_tokens 0)")
-            << static_cast<int>(bad.error_code()) << " " << bad.error_message()
-            << std::endl;
+  out.Step(
+      what,
+      {{"grpc_code", static_cast<int>(bad.error_code())},
+       {"error", bad.error_message()}},
+      absl::StrFormat("  %-34s -> gRPC %d %s", what,
+                      static_cast<int>(bad.error_code()), bad.error_message()));
 }
 
 }  // namespace
@@ -425,7 +475,7 @@ void ShowRefusals(DemoClient& demo) {
 // A short scripted load that shows each kind of answer against the embedded
 // default: admits until the budget is full, a request that queues and is
 // admitted when memory is released, a queue timeout, a request that can
-// never fit, and a malformed one.
+// never fit, and a malformed one. --json: one JSON object (DemoOutput).
 int RunDemoCommand(const CommandArgs& args) {
   ClientFlags client;
   std::string model = "llama-3-8b";
@@ -434,25 +484,29 @@ int RunDemoCommand(const CommandArgs& args) {
   flags.AddString("model", &model, "model name as configured in kvgated");
   if (int rc = ParseFlags("demo", flags, client, args); rc >= 0) return rc;
   DemoClient demo(client, model);
+  DemoOutput out(client.json);
 
   kvgate::v1::Budget b;
   if (grpc::Status s = demo.Budget(&b); !s.ok()) return RpcFailed("demo", s);
-  std::cout << "kvgate demo against " << client.address << " model " << model
-            << "\n  capacity " << FormatBytes(b.capacity_bytes())
-            << ", weights " << FormatBytes(b.weights_bytes()) << std::endl;
+  out.report()["address"] = client.address;
+  out.report()["model"] = model;
+  out.report()["capacity_bytes"] = b.capacity_bytes();
+  out.report()["weights_bytes"] = b.weights_bytes();
+  if (!out.json()) {
+    std::cout << "kvgate demo against " << client.address << " model " << model
+              << "\n  capacity " << FormatBytes(b.capacity_bytes())
+              << ", weights " << FormatBytes(b.weights_bytes()) << std::endl;
+  }
 
   std::vector<std::string> leases;
-  if (int rc = FillDemoBudget(demo, leases); rc >= 0) return rc;
-  if (int rc = QueueUntilReleased(demo, leases); rc >= 0) return rc;
-  ShowRefusals(demo);
+  if (int rc = FillDemoBudget(demo, out, leases); rc >= 0) return rc;
+  if (int rc = QueueUntilReleased(demo, out, leases); rc >= 0) return rc;
+  ShowRefusals(demo, out);
 
   // Release everything: the budget returns to zero.
   for (const std::string& lease : leases) demo.Release(lease);
-  if (demo.Budget(&b).ok()) {
-    std::cout << "  after releasing all: " << b.active_leases()
-              << " leases, reserved " << b.reserved_bytes() << " B"
-              << std::endl;
-  }
+  if (demo.Budget(&b).ok()) out.Budget("after releasing all", b);
+  if (out.json()) PrintJson(out.report());
   return kExitOk;
 }
 

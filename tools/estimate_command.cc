@@ -33,7 +33,9 @@ nlohmann::ordered_json QuickRules(uint64_t parameters, uint32_t bits,
                                       (static_cast<double>(serving) -
                                        static_cast<double>(exact_total)) /
                                       static_cast<double>(exact_total);
-  q["source"] = "seeds 001, 002: P x 4 B; P x 4B / (32/Q) x 1.2";
+  q["source"] =
+      "rules of thumb: P x 4 B to hold fp32 weights; P x 4 B / (32 / Q) x "
+      "1.2 to serve at Q-bit weights with 20% overhead";
   return q;
 }
 
@@ -62,7 +64,7 @@ struct EstimateFlags {
     flags.AddBool("share-prompt-prefix", &share_prefix,
                   "the sequences are samples of one prompt and share its KV");
     flags.AddBool("quick", &quick,
-                  "also print the seeds' rules of thumb (P x bytes, x1.2 "
+                  "also print common rules of thumb (P x bytes, x1.2 "
                   "overhead) and how far they are from the exact estimate");
   }
 
@@ -141,7 +143,7 @@ void PrintEstimateTables(const EstimateFlags& ef, const ServingModel& serving,
   if (ef.quick) {
     const nlohmann::ordered_json q = QuickRules(p.total, bits, total);
     PrintTable(
-        "seeds' rules of thumb vs the exact estimate",
+        "rules of thumb vs the exact estimate",
         {{"fp32 weights (4 B/param)",
           FormatBytes(q["inference_fp32_bytes"].get<uint64_t>())},
          {absl::StrCat(bits, "-bit weights x 1.2"),

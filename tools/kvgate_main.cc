@@ -33,7 +33,8 @@ constexpr std::array<Command, 8> kCommands = {{
 }};
 
 void PrintUsage(std::ostream& out) {
-  out << "usage: kvgate <command> [flags]   (kvgate <command> --help)\n\n"
+  out << "usage: kvgate <command> [flags]   (kvgate <command> --help; "
+         "kvgate --version)\n\n"
          "commands:\n";
   for (const Command& c : kCommands) {
     out << "  " << c.name << std::string(10 - std::string(c.name).size(), ' ')
@@ -51,6 +52,11 @@ int main(int argc, char** argv) {
   const std::string name = argv[1];
   if (name == "--help" || name == "-h" || name == "help") {
     PrintUsage(std::cout);
+    return kvgate::kExitOk;
+  }
+  if (name == "--version" || name == "version") {
+    std::cout << "kvgate " << KVGATE_VERSION << " (revision " << KVGATE_REVISION
+              << ")" << std::endl;
     return kvgate::kExitOk;
   }
   const kvgate::CommandArgs args(argv + 2, argv + argc);

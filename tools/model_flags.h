@@ -20,7 +20,7 @@ struct ModelFlags {
   uint64_t tensor_parallel = 1;
   uint64_t block_size = 16;
   std::string attention = "flash";
-  uint64_t chunked_prefill_tokens = 0;
+  uint64_t chunked_prefill_tokens = kVllmMaxNumBatchedTokens;
   bool json = false;
 
   // Registers the flags above on `flags`.

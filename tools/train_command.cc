@@ -78,7 +78,7 @@ struct TrainFlags {
                 "pretraining tokens: report 6ND compute (0: off)");
     f.AddDouble("mfu", &mfu, "model FLOPs utilisation for GPU-days, in (0, 1]");
     f.AddBool("quick", &quick,
-              "also print the seeds' rules of thumb and how far they are "
+              "also print common rules of thumb and how far they are "
               "from the exact model");
     f.AddBool("json", &json, "print one JSON object");
   }
@@ -285,7 +285,9 @@ nlohmann::ordered_json RulesJson(const TrainReport& r) {
   q["v100_32gb_training_gpus"] = r.v100_train;
   q["exact_total_bytes"] = r.estimate.total_bytes;
   q["difference_percent"] = PercentOff(r.rule_training, r.estimate.total_bytes);
-  q["source"] = "seeds 002, 004: 1B parameters = 4 GB stored, 24 GB trained";
+  q["source"] =
+      "rules of thumb: 1B parameters take 4 GB to hold (fp32) and 24 GB to "
+      "train";
   return q;
 }
 
@@ -350,11 +352,12 @@ void AddOptionalRows(const TrainFlags& tf, const TrainReport& r,
     }
   }
   if (tf.quick) {
+    rows.push_back({"rule of thumb: inference (4 B/param)",
+                    FormatBytes(r.rule_inference)});
     rows.push_back(
-        {"rule: inference (4 B/param)", FormatBytes(r.rule_inference)});
+        {"rule of thumb: training (24 B/param)", FormatBytes(r.rule_training)});
     rows.push_back(
-        {"rule: training (24 B/param)", FormatBytes(r.rule_training)});
-    rows.push_back({"rule: V100-32GB to train", absl::StrCat(r.v100_train)});
+        {"rule of thumb: V100-32GB to train", absl::StrCat(r.v100_train)});
     rows.push_back({"rule vs exact peak",
                     absl::StrFormat("%+.1f%%", PercentOff(r.rule_training,
                                                           e.total_bytes))});

@@ -8,6 +8,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "estimator/byte_size.h"
 
 namespace kvgate {
 
@@ -191,8 +192,9 @@ std::optional<AdmitOutcome> Controller::DecideLocked(
   if (bytes > capacity_bytes_ || bytes > max_queue_bytes_) {
     return RejectionLocked(
         RejectReason::kNeverFits, priority, bytes, 0,
-        absl::StrCat("needs ", bytes, " bytes; capacity is ", capacity_bytes_,
-                     ", queue holds at most ", max_queue_bytes_),
+        absl::StrCat("needs ", ByteSize(bytes), "; capacity is ",
+                     ByteSize(capacity_bytes_), ", queue holds at most ",
+                     ByteSize(max_queue_bytes_)),
         now);
   }
   if (draining_) {
@@ -483,7 +485,12 @@ absl::Duration Controller::RetryAfterLocked(Priority priority,
   // its priority or above (ahead of it, roughly), plus its own, minus free.
   uint64_t needed = SaturatingAdd(own_bytes, queue_.BytesAtOrAbove(priority));
   needed -= std::min(needed, own_queued_bytes);
-  return retry_.RetryAfter(needed, ledger_.FreeBytes(), now);
+  const uint64_t free = ledger_.FreeBytes();
+  if (needed <= free) return retry_.RetryAfter(needed, free, now);
+  // Never longer than the leases' remaining lifetimes explain: the missing
+  // bytes are free once enough live leases expire by TTL.
+  return retry_.RetryAfter(needed, free, now,
+                           ledger_.TimeUntilExpiriesFree(needed - free, now));
 }
 
 AdmitOutcome Controller::RejectionLocked(RejectReason reason, Priority priority,

@@ -198,4 +198,14 @@ absl::Status LeaseLedger::CheckInvariants() const {
   return absl::OkStatus();
 }
 
+absl::Duration LeaseLedger::TimeUntilExpiriesFree(uint64_t bytes,
+                                                  absl::Time now) const {
+  uint64_t freed = 0;
+  for (const auto& [expires_at, seq] : expiries_) {
+    freed = admission_internal::SaturatingAdd(freed, leases_.at(seq).bytes);
+    if (freed >= bytes) return std::max(expires_at - now, absl::ZeroDuration());
+  }
+  return absl::InfiniteDuration();
+}
+
 }  // namespace kvgate

@@ -158,6 +158,12 @@ class LeaseLedger {
                              : expiries_.begin()->first;
   }
 
+  // How long from `now` until enough live leases expire by TTL to free
+  // `bytes` (their kv + activation bytes, earliest expiry first): zero when
+  // they are past due, InfiniteDuration when all of them together hold less.
+  // O(leases walked).
+  absl::Duration TimeUntilExpiriesFree(uint64_t bytes, absl::Time now) const;
+
   // The live lease numbered `seq`, or null.
   const Lease* Find(uint64_t seq) const {
     auto it = leases_.find(seq);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "estimator/byte_size.h"
 
 namespace kvgate {
 
@@ -27,9 +28,10 @@ absl::StatusOr<uint64_t> PoolCapacity(const ModelPoolSettings& pool,
   if (fixed >= usable) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model '", pool.name, "' does not fit: weights ",
-        pool.model.weights_bytes(), " B + overhead ",
-        pool.runtime_overhead_bytes, " B >= ", usable, " B usable (",
-        device_bytes, " B x ", pool.gpu_memory_utilization, ")"));
+        ByteSize(pool.model.weights_bytes()), " + overhead ",
+        ByteSize(pool.runtime_overhead_bytes), " >= ", ByteSize(usable),
+        " usable (", ByteSize(device_bytes), " x ", pool.gpu_memory_utilization,
+        ")"));
   }
   return usable - fixed;
 }

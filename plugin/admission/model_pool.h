@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "estimator/serving.h"
@@ -117,6 +118,14 @@ class ModelRegistry {
   }
   const std::vector<std::unique_ptr<ModelPool>>& pools() const {
     return pools_;
+  }
+  // "'a', 'b'": the served model names, for an error about an unknown one.
+  std::string QuotedNames() const {
+    std::string out;
+    for (const auto& pool : pools_) {
+      absl::StrAppend(&out, out.empty() ? "" : ", ", "'", pool->name(), "'");
+    }
+    return out;
   }
 
  private:

@@ -39,21 +39,29 @@ double RetryEstimate::ReleaseRate(absl::Time now) const {
   return rate_ * std::exp(-since / window) / (1 - std::exp(-observed / window));
 }
 
+double RetryEstimate::EffectiveRate(absl::Time now) const {
+  // The whole budget turning over once per mean lease hold time (observed,
+  // or Options::assumed_lease_hold before any release).
+  const double turnover = static_cast<double>(options_.capacity_bytes) /
+                          std::max(Seconds(mean_hold_), 1e-3);
+  const double observed = ReleaseRate(now);
+  if (observed < 1.0) return turnover;
+  const double idle = std::max(0.0, Seconds(now - rate_at_));
+  const double weight = std::exp(-idle / Seconds(options_.window));
+  return weight * observed + (1 - weight) * turnover;
+}
+
 absl::Duration RetryEstimate::RetryAfter(uint64_t needed_bytes,
-                                         uint64_t free_bytes,
-                                         absl::Time now) const {
+                                         uint64_t free_bytes, absl::Time now,
+                                         absl::Duration expiry_bound) const {
   if (needed_bytes <= free_bytes) return kMinRetryAfter;
   const uint64_t missing = needed_bytes - free_bytes;
-  double rate = ReleaseRate(now);
-  if (rate < 1.0) {
-    // No usable rate: assume the whole budget turns over once per mean lease
-    // hold time (observed, or Options::assumed_lease_hold before any).
-    rate = static_cast<double>(options_.capacity_bytes) /
-           std::max(Seconds(mean_hold_), 1e-3);
-  }
-  const double seconds = static_cast<double>(missing) / rate;
-  if (!(seconds < Seconds(kMaxRetryAfter))) return kMaxRetryAfter;
-  return std::clamp(absl::Seconds(seconds), kMinRetryAfter, kMaxRetryAfter);
+  const double seconds = static_cast<double>(missing) / EffectiveRate(now);
+  absl::Duration wait = seconds < Seconds(kMaxRetryAfter)
+                            ? absl::Seconds(seconds)
+                            : kMaxRetryAfter;
+  wait = std::min(wait, std::max(expiry_bound, absl::ZeroDuration()));
+  return std::clamp(wait, kMinRetryAfter, kMaxRetryAfter);
 }
 
 }  // namespace kvgate

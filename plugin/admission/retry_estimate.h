@@ -13,6 +13,14 @@
 // usable rate exists (no release yet, or under a byte per second), it assumes
 // that the whole capacity turns over once per mean lease hold time: an EWMA of
 // observed hold times, or Options::assumed_lease_hold before any release.
+//
+// A rate measured before a quiet spell says little about what comes next (one
+// small release, then 45 s of idle, gave retry_after 60 s to a request that
+// had waited 52 ms): the observed rate's weight decays with the time since
+// the last release, exp(-idle / window), giving way to the turnover rate
+// above. The caller may also bound the answer by what the live leases'
+// remaining lifetimes explain (LeaseLedger::TimeUntilExpiriesFree): the
+// bytes are free once enough leases expire by TTL, whatever the rate.
 
 #ifndef KVGATE_PLUGIN_ADMISSION_RETRY_ESTIMATE_H_
 #define KVGATE_PLUGIN_ADMISSION_RETRY_ESTIMATE_H_
@@ -55,9 +63,18 @@ class RetryEstimate {
 
   // How long until `needed_bytes` are likely to be free, given `free_bytes`
   // free now: kMinRetryAfter when they already are, else needed - free over
-  // the release rate, clamped to [kMinRetryAfter, kMaxRetryAfter].
-  absl::Duration RetryAfter(uint64_t needed_bytes, uint64_t free_bytes,
-                            absl::Time now) const;
+  // the effective rate (EffectiveRate), at most `expiry_bound` (the time
+  // until enough live leases expire by TTL; infinite: no bound), clamped to
+  // [kMinRetryAfter, kMaxRetryAfter].
+  absl::Duration RetryAfter(
+      uint64_t needed_bytes, uint64_t free_bytes, absl::Time now,
+      absl::Duration expiry_bound = absl::InfiniteDuration()) const;
+
+  // The rate RetryAfter divides by, in bytes per second: the observed
+  // release rate weighted by exp(-idle / window), idle being the time since
+  // the last release, and the turnover rate (capacity / mean hold) for the
+  // rest; the turnover rate alone while no usable rate was observed.
+  double EffectiveRate(absl::Time now) const;
 
   // The observed release rate at `now`, in bytes per second, corrected for a
   // short observation; 0 before the first release.

@@ -36,6 +36,13 @@ HttpError BodyTooLarge(uint64_t max_body_bytes) {
           absl::ZeroDuration()};
 }
 
+// The 400 an empty body of `endpoint` gets: the parser's message.
+HttpError EmptyBody(OpenAiEndpoint endpoint) {
+  const absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(endpoint, "");
+  return BadRequest(parsed.ok() ? "body: is required"
+                                : parsed.status().message());
+}
+
 // A header's bytes: raw_value (what current Envoy sends), else value.
 const std::string& HeaderBytes(const envoy::config::core::v3::HeaderValue& h) {
   return h.raw_value().empty() ? h.value() : h.raw_value();
@@ -73,8 +80,7 @@ ExtProcGate::ExtProcGate(const ModelRegistry* registry, ExtProcOptions options)
 HeadersVerdict ExtProcGate::OnRequestHeaders(const ExtProcHeaders& headers,
                                              ServingState state) const {
   const std::optional<OpenAiEndpoint> endpoint = EndpointForPath(headers.path);
-  if (!endpoint.has_value() || headers.method != "POST" ||
-      headers.end_of_stream) {
+  if (!endpoint.has_value() || headers.method != "POST") {
     return PassThrough{};
   }
   if (!state.ready) return Unavailable("NOT_READY", "kvgated is not ready");
@@ -115,6 +121,9 @@ HeadersVerdict ExtProcGate::OnRequestHeaders(const ExtProcHeaders& headers,
       length > options_.max_body_bytes) {
     return BodyTooLarge(options_.max_body_bytes);
   }
+  // No body at all (end_of_stream on the headers): refused as an empty body
+  // is, never forwarded ungated.
+  if (headers.end_of_stream) return EmptyBody(*endpoint);
   return request;
 }
 
@@ -139,8 +148,9 @@ BodyVerdict ExtProcGate::OnRequestBody(const GatedRequest& request,
   if (pool == nullptr) {
     return HttpError{
         404, "invalid_request_error", "MODEL_NOT_FOUND",
-        absl::StrCat("The model '", parsed->model.substr(0, kMaxTenantBytes),
-                     "' is not served here"),
+        absl::StrCat(
+            "The model '", parsed->model.substr(0, kMaxTenantBytes),
+            "' is not served here; served models: ", registry_->QuotedNames()),
         absl::ZeroDuration()};
   }
   const uint64_t sequences =

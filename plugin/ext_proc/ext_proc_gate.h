@@ -121,8 +121,8 @@ class ExtProcGate {
 
   // Decides on the request headers, in this order:
   //   - PassThrough for a path other than /v1/completions and
-  //     /v1/chat/completions (EndpointForPath), a method other than POST,
-  //     or a request without a body;
+  //     /v1/chat/completions (EndpointForPath) or a method other than
+  //     POST;
   //   - 503 NOT_READY while !state.ready, then 503 DRAINING while
   //     state.draining (both Retry-After: 1);
   //   - 400 INVALID_REQUEST for a tenant over kMaxTenantBytes, a priority
@@ -130,6 +130,8 @@ class ExtProcGate {
   //     trust_token_count_header) a token-count header that is not a uint32;
   //   - 413 BODY_TOO_LARGE for a content-length over max_body_bytes (an
   //     unreadable content-length is ignored);
+  //   - 400 INVALID_REQUEST for a request without a body (end_of_stream on
+  //     the headers), with the message an empty body gets;
   //   - otherwise the GatedRequest (priority STANDARD when absent).
   // The token-count header is read only with trust_token_count_header, and
   // then trusted as sent: only behind a gateway that tokenizes and strips

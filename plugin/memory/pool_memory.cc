@@ -90,4 +90,24 @@ PoolMemory JudgePoolMemory(const MemoryGuard::Reading& reading,
   return out;
 }
 
+std::vector<DeviceMemory> StaticDevicesAfterLedgers(
+    const std::vector<DeviceMemory>& devices,
+    absl::Span<const PoolLedgerUse> pools) {
+  std::vector<DeviceMemory> out = devices;
+  for (DeviceMemory& device : out) {
+    uint64_t used = 0;
+    for (const PoolLedgerUse& pool : pools) {
+      for (const std::string& gpu : pool.gpus) {
+        if (!GpuNamesDevice(gpu, device)) continue;
+        used = std::min(device.total_bytes,
+                        used + std::min(device.total_bytes, pool.used_bytes));
+        break;  // a pool's ledger counts once per device
+      }
+    }
+    device.used_bytes = used;
+    device.free_bytes = device.total_bytes - used;
+  }
+  return out;
+}
+
 }  // namespace kvgate

@@ -84,6 +84,24 @@ struct PoolMemory {
 PoolMemory JudgePoolMemory(const MemoryGuard::Reading& reading,
                            const PoolMemoryInput& pool);
 
+// What one pool's ledger holds on the devices its gpus name (weights plus
+// reserved bytes), for StaticDevicesAfterLedgers.
+struct PoolLedgerUse {
+  // The pool's GPUs, as configured; the strings must outlive the call.
+  absl::Span<const std::string> gpus;
+  uint64_t used_bytes = 0;
+};
+
+// A static source's simulated devices as the ledgers see them, so that the
+// device series (kvgate_device_free_bytes) tell the story JudgePoolMemory
+// and GetBudget tell: each device's used_bytes is the sum of used_bytes over
+// the pools whose gpus name it (at most total_bytes), free_bytes is
+// total_bytes - used_bytes. With one pool per device, a device's free bytes
+// equal that pool's device_free_bytes.
+std::vector<DeviceMemory> StaticDevicesAfterLedgers(
+    const std::vector<DeviceMemory>& devices,
+    absl::Span<const PoolLedgerUse> pools);
+
 }  // namespace kvgate
 
 #endif  // KVGATE_PLUGIN_MEMORY_POOL_MEMORY_H_

@@ -89,7 +89,9 @@ absl::StatusOr<ServingModel> ResolveModel(const kvgate::v1::ModelConfig& m,
   } else {
     return Invalid(field + ".attention", "expected flash or eager");
   }
-  o.chunked_prefill_tokens = m.chunked_prefill_tokens();
+  o.chunked_prefill_tokens = m.has_chunked_prefill_tokens()
+                                 ? m.chunked_prefill_tokens()
+                                 : kVllmMaxNumBatchedTokens;
   o.share_prompt_prefix = m.share_prompt_prefix();
   o.max_model_len = m.max_model_len();
   absl::StatusOr<ServingModel> model =

@@ -250,7 +250,8 @@ Status AdmissionService::FindPool(const std::string& model,
   if (*pool == nullptr) {
     return Status(StatusCode::NOT_FOUND,
                   absl::StrCat("model: unknown model '",
-                               model.substr(0, options_.max_id_bytes), "'"));
+                               model.substr(0, options_.max_id_bytes),
+                               "'; served models: ", registry_->QuotedNames()));
   }
   return Status::OK;
 }

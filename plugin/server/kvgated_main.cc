@@ -18,6 +18,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "plugin/base/json_log.h"
@@ -177,7 +179,14 @@ int main(int argc, char** argv) {
       "kvgated: admission sidecar that checks each request batch's KV-cache "
       "and activation bytes against GPU memory.\n"
       "Usage: kvgated [--config=FILE] [--grpc_address=unix:/path|host:port] "
-      "[--metrics_address=host:port] [--validate]");
+      "[--metrics_address=host:port] [--validate] [--version]");
+  // --version: the release and the source revision it was built from.
+  absl::FlagsUsageConfig usage_config;
+  usage_config.version_string = [] {
+    return absl::StrCat("kvgated ", kvgate::kVersion, " (revision ",
+                        KVGATE_REVISION, ")\n");
+  };
+  absl::SetFlagsUsageConfig(usage_config);
   absl::ParseCommandLine(argc, argv);
   // Debian's Abseil is built without NDEBUG, so by default every Mutex::Lock
   // (gRPC's included) also updates a process-wide lock-order graph under a

@@ -1,17 +1,21 @@
 #include "plugin/server/server.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <tuple>
 #include <utility>
 
 #include "absl/memory/memory.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "absl/types/optional.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "metrics/metrics_server.h"
 #include "plugin/admission/clock.h"
 #include "plugin/base/json_log.h"
 #include "plugin/security/tls.h"
@@ -38,6 +42,19 @@ absl::Status InStage(absl::string_view stage, absl::Status status) {
   return status;
 }
 
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// The directory `path` is in: "." for a bare name, "/" at the root.
+std::string ParentDirectory(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 // How the "listening" line describes transport security.
 std::string TlsMode(const TlsSettings& tls) {
   if (!tls.enabled()) return "off";
@@ -53,6 +70,69 @@ std::string AuthMode(const Authenticator::Options& auth, bool enabled) {
   if (!enabled) return "off (tenant and priority trusted as sent)";
   return absl::StrCat(auth.tokens.size(), " tokens, ", auth.certificates.size(),
                       " certificate identities");
+}
+
+// Says at start-up which memory source admission rests on; loudly (a
+// warning) for the static one, whose devices are simulated: it never sees
+// what the engine or anyone else really allocates.
+void LogMemorySource(const MemorySourceSettings& source,
+                     const std::vector<DeviceMemory>& devices) {
+  if (source.kind == MemorySourceSettings::Kind::kNvml) {
+    LogInfo(
+        "memory source is nvml: live device memory",
+        {{"memory_source", "nvml"}, {"devices", absl::StrCat(devices.size())}});
+    return;
+  }
+  LogWarning(
+      "memory source is static: SIMULATED devices, real GPU memory is not "
+      "read",
+      {{"memory_source", "static"},
+       {"device", source.static_device_name},
+       {"device_bytes", absl::StrCat(source.static_device_bytes)},
+       {"hint",
+        "admission rests on the ledger alone; configure memory_source.nvml "
+        "on a GPU node"},
+       {"devices", absl::StrCat(devices.size())}});
+}
+
+// `address` (the config field `field`) as start-up would take it:
+// host:port, or when `unix_ok` also unix:/path. The socket's directory is
+// not checked: it is often a volume that exists only where kvgated runs,
+// while --validate runs anywhere.
+absl::Status CheckListenAddress(absl::string_view field,
+                                const std::string& address, bool unix_ok) {
+  if (address.empty()) return absl::OkStatus();
+  if (unix_ok && absl::StartsWith(address, "unix:")) return absl::OkStatus();
+  if (absl::Status s = CheckHostPort(address); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+// What start-up would refuse and --validate does not otherwise reach: the
+// listen addresses and the lease journal's state_dir (start-up creates it,
+// but not its parent). Certificates and token files are read by
+// InitSecurity and ResolveServerConfig.
+absl::Status CheckStartupInputs(const Server::Options& options) {
+  const ServerSettings& s = options.settings;
+  for (const auto& [field, address, unix_ok] :
+       {std::tuple<absl::string_view, const std::string&, bool>{
+            "grpc_address", s.grpc_address, true},
+        {"metrics_address", s.metrics_address, false},
+        {"health_address", options.health_address, false},
+        {"ext_proc.listen_address", options.ext_proc.listen_address, true}}) {
+    if (absl::Status st = CheckListenAddress(field, address, unix_ok);
+        !st.ok()) {
+      return st;
+    }
+  }
+  const std::string& dir = s.lease_journal.state_dir;
+  if (dir.empty() || IsDirectory(dir)) return absl::OkStatus();
+  const std::string parent = ParentDirectory(dir);
+  if (IsDirectory(parent)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "lease_journal.state_dir: '", dir, "' cannot be created: its parent '",
+      parent, "' does not exist"));
 }
 
 }  // namespace
@@ -90,13 +170,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(Options options) {
   for (auto& poller : server->engine_pollers_) poller->Start();
   server->serving_ = true;
   const ServerSettings& settings = server->options_.settings;
+  // Logged once serving, so that a start-up failure stays one line.
+  LogMemorySource(src, server->first_read_);
   LogInfo("listening",
           {{"address", settings.grpc_address},
            {"port", absl::StrCat(server->port_)},
            {"models", absl::StrCat(server->registry_.pools().size())},
            {"health_address", server->options_.health_address},
            {"tls", server->tls_mode_},
-           {"auth", server->auth_mode_}});
+           {"auth", server->auth_mode_},
+           {"memory_source", std::string(server->source_->Name())}});
   return server;
 }
 
@@ -104,6 +187,9 @@ absl::StatusOr<Server::Validation> Server::Validate(Options options) {
   Validation validation;
   for (const ModelPoolSettings& m : options.settings.models) {
     validation.models.push_back(m.name);
+  }
+  if (absl::Status s = CheckStartupInputs(options); !s.ok()) {
+    return InStage(kInvalidConfiguration, s);
   }
   Server server(std::move(options));
   if (absl::Status s = server.InitSecurity(); !s.ok()) return s;

@@ -1,5 +1,7 @@
 #include "plugin/server/ticker.h"
 
+#include <vector>
+
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "plugin/base/json_log.h"
@@ -26,8 +28,20 @@ void Ticker::Stop() {
 void Ticker::Poll() {
   const MemoryGuard::Reading r = guard_->Poll();
   NoteReadOutcome(r);
-  metrics_->SetDevices(r.devices);
   for (const auto& pool : registry_->pools()) UpdatePool(*pool, r);
+  if (source_->kind == MemorySourceSettings::Kind::kNvml) {
+    metrics_->SetDevices(r.devices);
+    return;
+  }
+  // Simulated devices hold what the ledgers hold, as GetBudget says
+  // (JudgePoolMemory), not an always-empty device.
+  std::vector<PoolLedgerUse> ledgers;
+  for (const auto& pool : registry_->pools()) {
+    ledgers.push_back({pool->settings().gpus,
+                       pool->model().weights_bytes() +
+                           pool->controller().Snapshot().reserved_bytes});
+  }
+  metrics_->SetDevices(StaticDevicesAfterLedgers(r.devices, ledgers));
 }
 
 void Ticker::NoteReadOutcome(const MemoryGuard::Reading& r) {

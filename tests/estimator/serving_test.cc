@@ -86,6 +86,18 @@ TEST(ServingTest, SlidingWindowCapsLongSequences) {
   EXPECT_EQ(out.kv_cache_bytes, 4096u * 131072);
 }
 
+// vLLM's dtype=auto: an fp32 checkpoint (gemma-2-9b's config says
+// float32) is served in 16 bits; an explicit dtype is taken as given.
+TEST(ServingTest, Fp32CheckpointIsServedIn16Bit) {
+  const ServingModel served = Create("gemma-2-9b", {});
+  EXPECT_EQ(served.quantization().dtype, DType::kBFloat16);
+  EXPECT_EQ(served.weights_bytes(), served.parameters().total * 2);
+  ServingOptions fp32;
+  fp32.weight_dtype = DType::kFloat32;
+  const ServingModel as_declared = Create("gemma-2-9b", fp32);
+  EXPECT_EQ(as_declared.weights_bytes(), served.parameters().total * 4);
+}
+
 TEST(ServingTest, TensorParallelSplitsWeightsAndKv) {
   ServingOptions tp2;
   tp2.tensor_parallel = 2;

@@ -274,6 +274,17 @@ TEST_F(ExtProcTest, BodyThatIsNotJsonIs400) {
   EXPECT_EQ(GetBudget().active_leases(), 0u);
 }
 
+// A POST without a body (end_of_stream on the request headers) is answered
+// 400 as an empty body is, not forwarded ungated.
+TEST_F(ExtProcTest, BodilessPostIs400NotForwarded) {
+  StartWithExtProc();
+  EnvoyStream stream(ext_proc_.get());
+  stream.Send(RequestHeaders("POST", "/v1/chat/completions", kChatHeaders,
+                             /*end_of_stream=*/true));
+  ExpectImmediate(stream, 400, "INVALID_REQUEST");
+  EXPECT_EQ(GetBudget().active_leases(), 0u);
+}
+
 TEST_F(ExtProcTest, MissingModelIs400) {
   StartWithExtProc();
   EnvoyStream stream(ext_proc_.get());

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -196,6 +197,29 @@ TEST_F(KvgatedTest, CliAdmitBudgetAndReleaseGoThroughTheServer) {
   EXPECT_EQ(GetBudget().reserved_bytes(), 0u);
 }
 
+// kvgate demo --json prints one JSON object: the pool and each step.
+TEST_F(KvgatedTest, DemoJsonPrintsOneJsonObject) {
+  StartServer("models { name: \"llama-3-8b\" preset: \"llama-3-8b\" }");
+  const KvgatedProcess::Exit exit =
+      RunCli({"demo", "--address=" + server_->address(), "--json"});
+  ASSERT_EQ(exit.code, 0) << exit.stderr_text;
+  const nlohmann::json j =
+      nlohmann::json::parse(exit.stdout_text, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << exit.stdout_text;
+  EXPECT_EQ(j.value("model", ""), "llama-3-8b");
+  EXPECT_GT(j.value("capacity_bytes", uint64_t{0}), 0u);
+  ASSERT_TRUE(j.contains("steps") && j["steps"].is_array());
+  std::set<std::string> decisions;
+  for (const nlohmann::json& step : j["steps"]) {
+    EXPECT_TRUE(step.contains("step")) << step.dump();
+    if (step.contains("decision")) decisions.insert(step["decision"]);
+  }
+  EXPECT_TRUE(decisions.count("ADMITTED")) << exit.stdout_text;
+  EXPECT_TRUE(decisions.count("REJECTED")) << exit.stdout_text;
+  EXPECT_EQ(j["steps"].back().value("step", ""), "after releasing all");
+  EXPECT_EQ(j["steps"].back().value("active_leases", 1), 0);
+}
+
 TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
   StartServer(PoolConfig(shape().CapacityFor(2)));
   struct Case {
@@ -205,6 +229,8 @@ TEST_F(KvgatedTest, CliErrorsAreOneLineAndNonZero) {
   const std::vector<Case> cases = {
       {{"admit", "--address=" + server_->address(), "--model=no-such-model"},
        "no-such-model"},
+      {{"budget", "--address=" + server_->address(), "--model=no-such-model"},
+       "served models: 'gpt2'"},
       {{"admit", "--address=" + server_->address(),
         absl::StrCat("--model=", kModel), "--prompt-tokens=0"},
        "prompt"},
@@ -278,6 +304,56 @@ TEST_F(KvgatedTest, FlagsOverrideTheConfigFile) {
   EXPECT_THAT(
       (*server)->Stderr(),
       HasSubstr(absl::StrCat("\"address\":\"127.0.0.1:", *metrics_port, "\"")));
+}
+
+// ---------------------------------------------------------------------------
+// The memory source, as the log and /metrics tell it.
+
+// A static source's devices are simulated: start-up says so with a warning
+// line naming the source; an NVML source is named too, without a warning.
+TEST_F(KvgatedTest, StartUpLogWarnsThatTheStaticSourceIsSimulated) {
+  StartServer(PoolConfig(shape().CapacityFor(1)));
+  const std::string log = server_->Stderr();
+  bool warned = false;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    if (!record.is_object() || record.value("memory_source", "") != "static") {
+      continue;
+    }
+    if (record.value("level", "") == "warning") {
+      warned = true;
+      EXPECT_THAT(record.value("msg", ""), HasSubstr("SIMULATED"));
+    }
+  }
+  EXPECT_TRUE(warned) << log;
+}
+
+// With the static source, kvgate_device_free_bytes is what GetBudget's
+// device_free_bytes says: the simulated device less the weights and the
+// reserved bytes, not an always-empty device.
+TEST_F(KvgatedTest, StaticDeviceMetricsAgreeWithTheBudget) {
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  StartServer(
+      ServerOptions(PoolConfig(shape().CapacityFor(2)), /*address=*/"",
+                    {absl::StrCat("--metrics_address=127.0.0.1:", *port)}));
+  AdmitOrFail("holds-memory");
+  const uint64_t expected = shape().CapacityFor(2) - shape().ReservedFor(1);
+  const std::string series = "kvgate_device_free_bytes{gpu_uuid=\"sim-0\"}";
+  const absl::Time give_up = absl::Now() + absl::Seconds(5);
+  uint64_t budget_free = 0;
+  double metric_free = -1;
+  do {
+    absl::SleepFor(absl::Milliseconds(50));
+    budget_free = GetBudget().device_free_bytes();
+    metric_free = MetricValue(ScrapeMetrics(*port), series);
+  } while ((budget_free != expected || metric_free != expected) &&
+           absl::Now() < give_up);
+  EXPECT_EQ(budget_free, expected);
+  EXPECT_EQ(metric_free, static_cast<double>(expected));
+  EXPECT_EQ(MetricValue(ScrapeMetrics(*port),
+                        "kvgate_device_used_bytes{gpu_uuid=\"sim-0\"}"),
+            static_cast<double>(shape().weights + shape().ReservedFor(1)));
 }
 
 // ---------------------------------------------------------------------------
@@ -517,6 +593,62 @@ TEST_F(KvgatedTest, ValidateRejectsABadConfigWithOneJsonErrorLine) {
     const nlohmann::json line =
         nlohmann::json::parse(lines[0], nullptr,
                               /*allow_exceptions=*/false);
+    ASSERT_TRUE(line.is_object()) << lines[0];
+    EXPECT_EQ(line.value("level", ""), "error");
+    EXPECT_THAT(line.value("error", ""), HasSubstr(c.field)) << lines[0];
+  }
+}
+
+// --validate refuses what start-up would: a listen address that is not
+// host:port, a state_dir whose parent does not exist, certificate files that
+// cannot be read; one JSON error line naming the field each.
+TEST_F(KvgatedTest, VersionPrintsTheReleaseAndExitsZero) {
+  KvgatedProcess::Options options = ServerOptions(PoolConfig(1 << 20));
+  options.args.push_back("--version");
+  absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(exit->code, 0) << exit->stderr_text;
+  EXPECT_THAT(exit->stdout_text, ::testing::StartsWith("kvgated 0."));
+}
+
+TEST_F(KvgatedTest, ValidateRejectsWhatStartUpWould) {
+  struct Case {
+    const char* what;
+    std::string config;
+    std::string address;
+    const char* field;
+  };
+  const std::string pool = "models { name: \"m\" preset: \"gpt2\" }\n";
+  const std::vector<Case> cases = {
+      {"metrics port alone", pool + "metrics_address: \"9464\"",
+       UniqueUnixAddress("validate"),
+       "metrics_address: '9464' is not host:port"},
+      {"health address on a unix socket", pool, UniqueUnixAddress("validate"),
+       "health_address"},
+      {"grpc address without a port", pool, "localhost",
+       "grpc_address: 'localhost' is not host:port"},
+      {"state_dir whose parent is missing",
+       pool + "lease_journal { state_dir: \"/nonexistent-kvgate/state\" }",
+       UniqueUnixAddress("validate"), "lease_journal.state_dir"},
+      {"unreadable certificate",
+       pool + "tls { cert_file: \"/nonexistent-kvgate/cert.pem\" "
+              "key_file: \"/nonexistent-kvgate/key.pem\" }",
+       "127.0.0.1:0", "tls.cert_file: cannot read"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    KvgatedProcess::Options options = ServerOptions(c.config, c.address);
+    options.args.push_back("--validate");
+    if (std::string(c.what) == "health address on a unix socket") {
+      options.args.push_back("--health_address=unix:/tmp/kvgate-health.sock");
+    }
+    absl::StatusOr<KvgatedProcess::Exit> exit = KvgatedProcess::Run(options);
+    ASSERT_TRUE(exit.ok()) << exit.status();
+    EXPECT_NE(exit->code, 0);
+    const std::vector<std::string> lines = Lines(exit->stderr_text);
+    ASSERT_EQ(lines.size(), 1u) << exit->stderr_text;
+    const nlohmann::json line =
+        nlohmann::json::parse(lines[0], nullptr, /*allow_exceptions=*/false);
     ASSERT_TRUE(line.is_object()) << lines[0];
     EXPECT_EQ(line.value("level", ""), "error");
     EXPECT_THAT(line.value("error", ""), HasSubstr(c.field)) << lines[0];

@@ -1,8 +1,10 @@
 // The `kvgate estimate` command-line contract and the CLI's handling of bad
 // input, run against the built binary.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -14,6 +16,7 @@ namespace kvgate {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::SizeIs;
 using ::testing::StartsWith;
 
@@ -90,6 +93,24 @@ TEST(EstimateCliTest, FlagsChangeTheEstimate) {
       kv({"--attention=eager", "--prompt-tokens=8000"})["activation_bytes"]
           .get<uint64_t>(),
       kv({"--prompt-tokens=8000"})["activation_bytes"].get<uint64_t>());
+}
+
+// vLLM V1 always chunks prefill at --max-num-batched-tokens (8192 by
+// default): the default estimate reserves one 8192-token step's activations,
+// not the whole 32k prompt's; 0 turns chunking off.
+TEST(EstimateCliTest, PrefillIsChunkedAtVllmsBatchedTokensByDefault) {
+  auto activation = [](const std::string& extra) {
+    std::vector<std::string> args = {"estimate", "--config=qwen2.5-7b",
+                                     "--prompt-tokens=32000", "--json"};
+    if (!extra.empty()) args.push_back(extra);
+    CliResult r = RunCli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
+    return nlohmann::json::parse(r.stdout_text)["activation_bytes"]
+        .get<uint64_t>();
+  };
+  const uint64_t by_default = activation("");
+  EXPECT_EQ(by_default, activation("--chunked-prefill-tokens=8192"));
+  EXPECT_GT(activation("--chunked-prefill-tokens=0"), 3 * by_default);
 }
 
 TEST(EstimateCliTest, TableByDefaultAndHelp) {
@@ -169,6 +190,71 @@ TEST(EstimateCliTest, OverflowingSizesAreRejected) {
     EXPECT_EQ(r.exit_code, 2) << batch << r.stdout_text;
     EXPECT_THAT(Lines(r.stderr_text), SizeIs(1)) << batch;
     EXPECT_EQ(r.stdout_text, "") << batch;
+  }
+}
+
+// --config takes a Hugging Face snapshot directory and reads its
+// config.json.
+TEST(EstimateCliTest, ConfigAcceptsASnapshotDirectory) {
+  const std::string dir = testing::TempDir() + "/snapshot-gpt2";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kData + "/models/gpt2.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  CliResult r = RunCli({"estimate", "--config=" + dir, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text;
+  EXPECT_EQ(ParseJson(r)["parameters"].get<uint64_t>(), 124439808u);
+}
+
+// A mistyped preset: the error suggests the nearest name.
+TEST(EstimateCliTest, UnknownPresetSuggestsTheNearestName) {
+  CliResult r = RunCli({"estimate", "--config=lama-3-8b"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.stderr_text, HasSubstr("did you mean 'llama-3-8b'?"));
+  EXPECT_THAT(r.stderr_text, HasSubstr("presets: "));
+}
+
+// A size no model comes near is refused, naming the field, before any
+// figure is computed from it.
+TEST(EstimateCliTest, AbsurdSizesAreRejectedNamingTheField) {
+  for (const auto& [field, value] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"hidden_size", "4000000000"},
+           {"num_hidden_layers", "1000000"},
+           {"vocab_size", "100000000000"}}) {
+    std::ifstream in(kData + "/models/Meta-Llama-3-8B.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config[field] = nlohmann::json::parse(value);
+    const std::string path =
+        WriteTemp("absurd-" + field + ".json", config.dump());
+    CliResult r = RunCli({"estimate", "--config=" + path});
+    EXPECT_EQ(r.exit_code, 2) << field;
+    EXPECT_THAT(r.stderr_text, HasSubstr(field + " " + value)) << field;
+    EXPECT_THAT(r.stderr_text, HasSubstr("not a plausible")) << field;
+    EXPECT_EQ(r.stdout_text, "");
+  }
+}
+
+TEST(EstimateCliTest, VersionPrintsTheRelease) {
+  CliResult r = RunCli({"--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.stdout_text, StartsWith("kvgate 0."));
+}
+
+// --quick speaks of rules of thumb, never of the project's internal names
+// for where they came from.
+TEST(EstimateCliTest, QuickSpeaksOfRulesOfThumbNotInternalSources) {
+  for (const char* command : {"estimate", "train"}) {
+    CliResult table = RunCli({command, "--config=gpt2", "--quick"});
+    ASSERT_EQ(table.exit_code, 0) << table.stderr_text;
+    EXPECT_THAT(table.stdout_text, HasSubstr("of thumb")) << command;
+    EXPECT_THAT(table.stdout_text, Not(HasSubstr("seed"))) << command;
+    CliResult json = RunCli({command, "--config=gpt2", "--quick", "--json"});
+    ASSERT_EQ(json.exit_code, 0) << json.stderr_text;
+    const std::string source = ParseJson(json)["rules_of_thumb"]["source"];
+    EXPECT_THAT(source, StartsWith("rules of thumb")) << command;
+    EXPECT_THAT(source, Not(HasSubstr("seed"))) << command;
+    CliResult help = RunCli({command, "--help"});
+    EXPECT_THAT(help.stdout_text, Not(HasSubstr("seed"))) << command;
   }
 }
 

@@ -47,6 +47,18 @@ TEST(PlanCliTest, JsonHasTheContractFields) {
   EXPECT_EQ(j["max_concurrent_sequences"].get<uint64_t>(), tokens / 8192);
 }
 
+// gemma-2-9b's config says torch_dtype float32; vLLM serves it in bf16
+// (dtype=auto), so its 9.2B parameters take about 18.5 GB and it fits a
+// 40 GB A100.
+TEST(PlanCliTest, Fp32ConfigIsPlannedWith16BitWeights) {
+  CliResult r =
+      RunCli({"plan", "--config=gemma-2-9b", "--gpu=A100-40GB", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.stderr_text << r.stdout_text;
+  nlohmann::json j = ParseJson(r);
+  EXPECT_EQ(j["fits"], true);
+  EXPECT_LT(j["weights_bytes"].get<uint64_t>(), uint64_t{20} << 30);
+}
+
 TEST(PlanCliTest, GpuMemoryBytesAndTensorParallel) {
   CliResult r =
       RunCli({"plan", "--config=llama-3-8b", "--gpu-memory-bytes=42949672960",

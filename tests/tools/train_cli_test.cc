@@ -82,7 +82,7 @@ TEST(TrainCliTest, TableOutputWithQuick) {
   const CliResult r = RunCli({"train", kQwen, "--quick"});
   EXPECT_EQ(r.exit_code, 0) << r.stderr_text;
   EXPECT_THAT(r.stdout_text, HasSubstr("peak / GPU"));
-  EXPECT_THAT(r.stdout_text, HasSubstr("rule: training (24 B/param)"));
+  EXPECT_THAT(r.stdout_text, HasSubstr("rule of thumb: training (24 B/param)"));
 }
 
 TEST(TrainCliTest, BadInputExitsTwoWithOneLine) {

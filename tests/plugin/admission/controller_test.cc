@@ -861,6 +861,39 @@ TEST_F(ControllerTest, RetryAfterIsClamped) {
             Controller::kMaxRetryAfter);  // 0.9 h at the assumed rate
 }
 
+// The budget is held by a lease that expires by TTL in 3 s: a request is
+// told to come back then, not after the hour the assumed hold would give.
+TEST_F(ControllerTest, RetryAfterIsBoundedByLeaseExpiry) {
+  Controller::Options options = Defaults();
+  options.capacity_bytes = 1000;
+  options.assumed_lease_hold = absl::Hours(1);
+  options.lease_ttl = absl::Seconds(3);
+  Make(options);
+  Admit("hold", 1000);
+  EXPECT_EQ(controller_->EstimateRetryAfter(Priority::kStandard, 900),
+            absl::Seconds(3));
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(controller_->EstimateRetryAfter(Priority::kStandard, 900),
+            absl::Seconds(2));
+}
+
+// One small release followed by 45 s of idle: the request is not told 60 s
+// on the strength of a stale rate.
+TEST_F(ControllerTest, RetryAfterAfterAQuietSpellIsNotTheMaximum) {
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  Controller::Options options = Defaults();
+  options.capacity_bytes = 10 * kGiB;
+  options.max_queue_bytes = 100 * kGiB;
+  Make(options);
+  Admit("small", 100 << 20);
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(controller_->Release(Answer("small").lease_id).ok());
+  Admit("hold", 10 * kGiB);
+  clock_.Advance(absl::Seconds(45));
+  EXPECT_LT(controller_->EstimateRetryAfter(Priority::kStandard, 2 * kGiB),
+            absl::Seconds(10));
+}
+
 // Leases of 100 bytes admitted and released every `period` for 20 s, then a
 // full budget and a queue: returns the retry_after of a QUEUE_FULL answer.
 absl::Duration RetryAfterWithReleasePeriod(absl::Duration period) {

@@ -92,5 +92,38 @@ TEST(RetryEstimateTest, MeanHoldIsAnEwmaOfObservedHolds) {
               1e-6);
 }
 
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+// One small release, then 45 s of quiet: the stale rate (100 MiB over a
+// 10 s window, decayed by e^-4.5) must not dominate. Its weight decays with
+// the idle time, giving way to the budget's turnover per mean hold (1 s
+// here): 2 GiB of a 10 GiB budget are about 0.2 s away, not 60 s.
+TEST(RetryEstimateTest, StaleRateAfterAQuietSpellDoesNotDominate) {
+  RetryEstimate estimate(Opts(10 * kGiB), kT0);
+  estimate.ObserveRelease(100 << 20, absl::Seconds(1), kT0 + absl::Seconds(1));
+  const absl::Time quiet = kT0 + absl::Seconds(46);
+  EXPECT_GT(estimate.ReleaseRate(quiet), 1.0);  // a usable, but stale, rate
+  const absl::Duration wait = estimate.RetryAfter(2 * kGiB, 0, quiet);
+  EXPECT_LT(wait, absl::Seconds(1));
+  EXPECT_GE(wait, RetryEstimate::kMinRetryAfter);
+  // Right after the release the observed rate still counts in full.
+  EXPECT_GT(estimate.RetryAfter(2 * kGiB, 0, kT0 + absl::Seconds(1)),
+            absl::Seconds(1));
+}
+
+// The bytes are free once enough leases expire by TTL, whatever the rate
+// says; the bound is clamped like any answer.
+TEST(RetryEstimateTest, BoundedByTheLeasesRemainingLifetimes) {
+  RetryEstimate estimate(Opts(1000), kT0);
+  ASSERT_EQ(estimate.RetryAfter(1000000, 0, kT0),
+            RetryEstimate::kMaxRetryAfter);
+  EXPECT_EQ(estimate.RetryAfter(1000000, 0, kT0, absl::Seconds(3)),
+            absl::Seconds(3));
+  EXPECT_EQ(estimate.RetryAfter(1000000, 0, kT0, absl::ZeroDuration()),
+            RetryEstimate::kMinRetryAfter);
+  EXPECT_EQ(estimate.RetryAfter(700, 200, kT0, absl::Seconds(30)),
+            absl::Milliseconds(2500));  // the rate's answer is shorter
+}
+
 }  // namespace
 }  // namespace kvgate

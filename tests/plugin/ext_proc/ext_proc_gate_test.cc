@@ -194,15 +194,32 @@ TEST_F(ExtProcGateTest, UngatedRequestsPassThrough) {
   ExtProcHeaders other_path = Post("/v1/models");
   ExtProcHeaders get = Post();
   get.method = "GET";
-  ExtProcHeaders bodiless = Post();
-  bodiless.end_of_stream = true;
-  for (const ExtProcHeaders& h : {other_path, get, bodiless}) {
+  ExtProcHeaders bodiless_get = Post();
+  bodiless_get.method = "GET";
+  bodiless_get.end_of_stream = true;
+  for (const ExtProcHeaders& h : {other_path, get, bodiless_get}) {
     EXPECT_TRUE(
         std::holds_alternative<PassThrough>(gate.OnRequestHeaders(h, kServing)))
         << h.method << " " << h.path;
     // Not gated, so neither readiness nor draining matters.
     EXPECT_TRUE(std::holds_alternative<PassThrough>(
         gate.OnRequestHeaders(h, {/*ready=*/false, /*draining=*/true})));
+  }
+}
+
+// A POST to a gated path with no body (end_of_stream on the headers) is
+// refused as an empty body is, not forwarded ungated.
+TEST_F(ExtProcGateTest, BodilessPostIs400LikeAnEmptyBody) {
+  const ExtProcGate gate = Gate();
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    ExtProcHeaders bodiless = Post(path);
+    bodiless.end_of_stream = true;
+    HeadersVerdict verdict = gate.OnRequestHeaders(bodiless, kServing);
+    ASSERT_TRUE(std::holds_alternative<HttpError>(verdict)) << path;
+    const HttpError& e = std::get<HttpError>(verdict);
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.code, "INVALID_REQUEST");
+    EXPECT_EQ(e.message, BodyError(gate, Gated(gate, Post(path)), "").message);
   }
 }
 
@@ -362,21 +379,24 @@ TEST_F(ExtProcGateTest, MalformedBodiesAre400WithTheParserMessage) {
   EXPECT_THAT(e.message, HasSubstr("messages: is required"));
 }
 
-TEST_F(ExtProcGateTest, UnknownModelIs404AndQuotesAtMost128Bytes) {
+TEST_F(ExtProcGateTest, UnknownModelIs404ListsTheServedOnesAndQuotesAtMost128) {
   const ExtProcGate gate = Gate();
   const GatedRequest r = Gated(gate, Post());
   HttpError e = BodyError(gate, r, R"({"model":"llama","prompt":"hi"})");
   EXPECT_EQ(e.status, 404);
   EXPECT_EQ(e.type, "invalid_request_error");
   EXPECT_EQ(e.code, "MODEL_NOT_FOUND");
-  EXPECT_EQ(e.message, "The model 'llama' is not served here");
+  EXPECT_EQ(e.message,
+            "The model 'llama' is not served here; served models: 'gpt2', "
+            "'other'");
   EXPECT_EQ(e.retry_after, absl::ZeroDuration());
 
   const std::string long_name(300, 'm');
   e = BodyError(gate, r,
                 nlohmann::json{{"model", long_name}, {"prompt", "hi"}}.dump());
   EXPECT_EQ(e.message, absl::StrCat("The model '", std::string(128, 'm'),
-                                    "' is not served here"));
+                                    "' is not served here; served models: "
+                                    "'gpt2', 'other'"));
 }
 
 TEST_F(ExtProcGateTest, TooManySequencesIs400) {

@@ -207,5 +207,28 @@ TEST(JudgePoolMemoryTest, FailedReadKeepsTheGuardsAnswerAndTheLastFigure) {
   }
 }
 
+// A simulated device holds what the ledgers of the pools on it hold, so the
+// device series agree with the pools' device_free_bytes.
+TEST(StaticDevicesAfterLedgersTest, DeviceFreeIsWhatTheLedgersLeave) {
+  const std::vector<DeviceMemory> sims = {
+      Device(0, "sim-0", 80 * kGiB, 80 * kGiB),
+      Device(1, "sim-1", 80 * kGiB, 80 * kGiB)};
+  const std::vector<std::string> first = {"sim-0"};
+  const std::vector<std::string> both = {"0", "1"};
+  const std::vector<PoolLedgerUse> pools = {{first, 20 * kGiB},
+                                            {both, 10 * kGiB}};
+  const std::vector<DeviceMemory> out = StaticDevicesAfterLedgers(sims, pools);
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0].used_bytes, 30 * kGiB);
+  EXPECT_EQ(out[0].free_bytes, 50 * kGiB);
+  EXPECT_EQ(out[1].used_bytes, 10 * kGiB);
+  EXPECT_EQ(out[1].free_bytes, 70 * kGiB);
+  EXPECT_EQ(out[1].total_bytes, 80 * kGiB);
+
+  // A ledger larger than the device leaves 0, never a wrap.
+  const std::vector<PoolLedgerUse> over = {{first, 90 * kGiB}};
+  EXPECT_EQ(StaticDevicesAfterLedgers(sims, over)[0].free_bytes, 0u);
+}
+
 }  // namespace
 }  // namespace kvgate

@@ -673,7 +673,7 @@ TEST_F(AdmissionServiceTest, OversizedBatchIsInvalidArgument) {
   EXPECT_TRUE(eight.ok()) << eight.error_message();
 }
 
-TEST_F(AdmissionServiceTest, UnknownModelIsNotFound) {
+TEST_F(AdmissionServiceTest, UnknownModelIsNotFoundAndListsTheServedOnes) {
   Start();
   AdmitRequest request = Request("r1");
   request.set_model("no-such-model");
@@ -681,10 +681,14 @@ TEST_F(AdmissionServiceTest, UnknownModelIsNotFound) {
   const grpc::Status admit = Admit(request, &response);
   EXPECT_EQ(admit.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_THAT(admit.error_message(), HasSubstr("no-such-model"));
+  // The answer lists what is served, so the caller can fix the name.
+  EXPECT_THAT(admit.error_message(), HasSubstr("served models: 'gpt2'"));
 
   Budget budget;
-  EXPECT_EQ(GetBudget("no-such-model", &budget).error_code(),
-            grpc::StatusCode::NOT_FOUND);
+  const grpc::Status budget_status = GetBudget("no-such-model", &budget);
+  EXPECT_EQ(budget_status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(budget_status.error_message(),
+              HasSubstr("served models: 'gpt2'"));
 
   kvgate::v1::EstimateRequest estimate_request;
   estimate_request.set_model("no-such-model");

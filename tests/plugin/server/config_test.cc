@@ -110,6 +110,31 @@ constexpr char kSmallTextConfig[] = R"pb(
   lease_ttl { seconds: 90 }
 )pb";
 
+// A model's prefill is chunked at vLLM's --max-num-batched-tokens default
+// (8192) unless the config says otherwise; an explicit 0 turns it off.
+TEST(ResolveServerConfigTest, ChunkedPrefillDefaultsToVllmsBatchedTokens) {
+  absl::StatusOr<ServerSettings> by_default = ResolveServerConfig({});
+  ASSERT_TRUE(by_default.ok()) << by_default.status();
+  EXPECT_EQ(by_default->models[0].model.options().chunked_prefill_tokens,
+            8192u);
+  absl::StatusOr<ServerSettings> off =
+      ResolveText(R"pb(models {
+                         name: "m"
+                         preset: "llama-3-8b"
+                         chunked_prefill_tokens: 0
+                       })pb");
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->models[0].model.options().chunked_prefill_tokens, 0u);
+  absl::StatusOr<ServerSettings> set =
+      ResolveText(R"pb(models {
+                         name: "m"
+                         preset: "llama-3-8b"
+                         chunked_prefill_tokens: 2048
+                       })pb");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->models[0].model.options().chunked_prefill_tokens, 2048u);
+}
+
 TEST(ReadServerConfigTest, ReadsTextFormat) {
   const TempFile file("small.textproto", kSmallTextConfig);
   const std::string& path = file.path();
